@@ -1,0 +1,1335 @@
+/**
+ * The sans-I/O WebSocket state machine, for both roles: bytes in → events
+ * out, calls in → bytes out. No sockets, no timers, no runtime APIs:
+ * `connection.ts` moves the bytes and runs the timers around it.
+ *
+ * - {@linkcode ClientProtocol} builds the opening handshake request and
+ *   checks the response;
+ * - {@linkcode ServerProtocol} checks the request and builds the response;
+ * - both then parse frames, reassemble messages, answer pings, run the
+ *   closing handshake and fail the connection with the RFC's close codes.
+ *
+ * @example
+ * ```ts
+ * import { ClientProtocol, ServerProtocol } from "@denows/websockets/protocol";
+ * import { parseUri } from "@denows/websockets/uri";
+ *
+ * const client = new ClientProtocol(parseUri("ws://example.com/chat"));
+ * const server = new ServerProtocol();
+ * client.sendRequest(client.connect());
+ * for (const chunk of client.dataToSend()) server.receiveData(chunk);
+ * const [event] = server.eventsReceived();
+ * if (event.type === "request") server.sendResponse(server.accept(event.request));
+ * for (const chunk of server.dataToSend()) client.receiveData(chunk);
+ * client.eventsReceived();
+ * client.sendText("hello");
+ * for (const chunk of client.dataToSend()) server.receiveData(chunk);
+ * console.log(server.eventsReceived()); // [ { type: "message", data: "hello" } ]
+ * ```
+ *
+ * @module
+ */
+
+import { sha1 } from "./_sha1.ts";
+import {
+  ConnectionClosed,
+  ConnectionClosedError,
+  ConnectionClosedOK,
+  InvalidHandshake,
+  InvalidHeader,
+  InvalidHeaderValue,
+  InvalidOrigin,
+  InvalidState,
+  InvalidStatus,
+  InvalidUpgrade,
+  NegotiationError,
+  PayloadTooBig,
+  ProtocolError,
+} from "./errors.ts";
+import type {
+  ClientExtensionFactory,
+  EncodeOptions,
+  Extension,
+  ServerExtensionFactory,
+} from "./extensions.ts";
+import { Close, CloseCode, Frame, frameHeaderLength, FrameReader, Opcode } from "./frames.ts";
+import {
+  buildAuthorizationBasic,
+  buildExtension,
+  buildSubprotocol,
+  type ExtensionHeader,
+  type ExtensionParameter,
+  Headers,
+  parseConnection,
+  parseExtension,
+  parseSubprotocol,
+  parseUpgrade,
+} from "./headers.ts";
+import { type HttpLimits, Request, RequestParser, Response, ResponseParser } from "./http11.ts";
+import type { WebSocketURI } from "./uri.ts";
+
+/**
+ * Connection states (RFC 6455 §4, §7): `CONNECTING → OPEN → CLOSING →
+ * CLOSED`, as in the `readyState` of the browser's `WebSocket`.
+ *
+ * @example
+ * ```ts
+ * import { State } from "@denows/websockets/protocol";
+ * console.log(State.OPEN); // 1
+ * ```
+ */
+export const State = {
+  /** The opening handshake is in progress. */
+  CONNECTING: 0,
+  /** The handshake succeeded; messages flow both ways. */
+  OPEN: 1,
+  /** A close frame was sent or received; the closing handshake is in progress. */
+  CLOSING: 2,
+  /** The TCP connection is closed (or the handshake failed). */
+  CLOSED: 3,
+} as const;
+
+/**
+ * One of the {@linkcode State} values.
+ *
+ * @example
+ * ```ts
+ * import { State } from "@denows/websockets/protocol";
+ * const state: State = State.CLOSED;
+ * console.log(state); // 3
+ * ```
+ */
+export type State = (typeof State)[keyof typeof State];
+
+const STATE_NAMES = ["CONNECTING", "OPEN", "CLOSING", "CLOSED"] as const;
+
+/**
+ * The name of a {@linkcode State}, for messages and logs.
+ *
+ * @example
+ * ```ts
+ * import { State, stateName } from "@denows/websockets/protocol";
+ * console.log(stateName(State.CLOSING)); // CLOSING
+ * ```
+ */
+export function stateName(state: State): string {
+  return STATE_NAMES[state];
+}
+
+// Legal state transitions; anything else is a bug in the caller or here.
+const TRANSITIONS: Record<State, readonly State[]> = {
+  [State.CONNECTING]: [State.OPEN, State.CLOSED],
+  [State.OPEN]: [State.CLOSING, State.CLOSED],
+  [State.CLOSING]: [State.CLOSED],
+  [State.CLOSED]: [],
+};
+
+/**
+ * A minimal logger: `console` fits, and so do most logging libraries.
+ *
+ * @example
+ * ```ts
+ * import type { Logger } from "@denows/websockets/protocol";
+ * const logger: Logger = console;
+ * logger.debug("= connection is OPEN");
+ * ```
+ */
+export interface Logger {
+  /** Frame traces and state changes. */
+  debug(message: string): void;
+  /** Handshakes and closes. */
+  info(message: string): void;
+  /** Unexpected but handled conditions. */
+  warn(message: string): void;
+  /** Errors, e.g. an exception in a connection handler. */
+  error(message: string, error?: unknown): void;
+}
+
+/**
+ * What the protocol received, returned by
+ * {@linkcode Protocol.prototype.eventsReceived}:
+ *
+ * - `request` (server) / `response` (client): the opening handshake;
+ * - `message`: a complete message, `string` for Text, `Uint8Array` for Binary;
+ * - `ping` / `pong`: control frames (pings are answered automatically);
+ * - `close`: the close frame received (`code` 1005 when it had no payload).
+ *
+ * @example
+ * ```ts
+ * import type { ProtocolEvent } from "@denows/websockets/protocol";
+ * const event: ProtocolEvent = { type: "message", data: "hi" };
+ * console.log(event.type); // message
+ * ```
+ */
+export type ProtocolEvent =
+  | { type: "request"; request: Request }
+  | { type: "response"; response: Response }
+  | { type: "message"; data: string | Uint8Array }
+  | { type: "ping"; data: Uint8Array }
+  | { type: "pong"; data: Uint8Array }
+  | { type: "close"; close: Close };
+
+/** Options shared by {@linkcode ClientProtocol} and {@linkcode ServerProtocol}. */
+export interface ProtocolOptions {
+  /** Largest incoming message, after decompression, in bytes. Default 1 MiB; `Infinity` disables it. */
+  maxSize?: number;
+  /** Limits of the handshake's HTTP message (header count, line length, body size). */
+  httpLimits?: HttpLimits;
+  /** Where frame traces go (debug level). Default: nowhere. */
+  logger?: Logger;
+}
+
+const EOF = new Uint8Array(0);
+const EMPTY = new Uint8Array(0);
+const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+const textEncoder = new TextEncoder();
+const textDecoder = new TextDecoder("utf-8", { fatal: true });
+
+/** The default `maxSize`: 1 MiB. */
+export const DEFAULT_MAX_SIZE = 1024 * 1024;
+
+/**
+ * Computes `Sec-WebSocket-Accept` from `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
+ *
+ * @example
+ * ```ts
+ * import { acceptKey } from "@denows/websockets/protocol";
+ * console.log(acceptKey("dGhlIHNhbXBsZSBub25jZQ==")); // s3pPLMBiTxaQ9kYGzzhZRbK+xOo=
+ * ```
+ */
+export function acceptKey(key: string): string {
+  return bytesToBase64(sha1(textEncoder.encode(key + GUID)));
+}
+
+function bytesToBase64(bytes: Uint8Array): string {
+  let binary = "";
+  for (let i = 0; i < bytes.length; i++) binary += String.fromCharCode(bytes[i]);
+  return btoa(binary);
+}
+
+function base64Length(value: string): number | undefined {
+  try {
+    return atob(value).length;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The part of the state machine shared by both roles: frames, messages,
+ * pings and the closing handshake. Use {@linkcode ClientProtocol} or
+ * {@linkcode ServerProtocol}.
+ *
+ * Feed bytes with {@linkcode Protocol.prototype.receiveData} and
+ * {@linkcode Protocol.prototype.receiveEof}; read what happened with
+ * {@linkcode Protocol.prototype.eventsReceived}; send with the `send*`
+ * methods; write what {@linkcode Protocol.prototype.dataToSend} returns to
+ * the network, and close the transport when it returns an empty chunk.
+ *
+ * @example
+ * ```ts
+ * import { ServerProtocol, State } from "@denows/websockets/protocol";
+ * const server = new ServerProtocol();
+ * console.log(server.state === State.CONNECTING); // true
+ * ```
+ */
+export abstract class Protocol {
+  /** `true` on the client side: outgoing frames are masked, incoming ones must not be. */
+  abstract readonly isClient: boolean;
+  /** Largest incoming message in bytes. */
+  readonly maxSize: number;
+  /** Extensions negotiated during the handshake, in order. */
+  extensions: Extension[] = [];
+  /** The subprotocol negotiated during the handshake, if any. */
+  subprotocol: string | undefined;
+  /** The close frame received, once received. */
+  closeRcvd: Close | undefined;
+  /** The close frame sent, once sent. */
+  closeSent: Close | undefined;
+  /** Whether the close frame was received before one was sent (`undefined` until both happened). */
+  closeRcvdThenSent: boolean | undefined;
+  /** The error that made the opening handshake fail, if it failed. */
+  handshakeError: Error | undefined;
+  /** The error that made this side fail the connection (protocol violation, message too big…), if any. */
+  failure: Error | undefined;
+  /** Whether the end of the incoming stream was received. */
+  eofReceived = false;
+  /** Whether the end of the outgoing stream was requested. */
+  eofSent = false;
+
+  protected readonly logger: Logger | undefined;
+  protected readonly httpLimits: HttpLimits | undefined;
+  protected reader: FrameReader | undefined;
+  #state: State = State.CONNECTING;
+  #events: ProtocolEvent[] = [];
+  #output: Uint8Array[] = [];
+  #outputLength = 0;
+  // Incoming fragmented message: its opcode, parts, size, and the text decoder.
+  #recvOpcode: Opcode | undefined;
+  #recvCompressed = false;
+  #recvParts: (Uint8Array | string)[] = [];
+  #recvSize = 0;
+  #recvDecoder: TextDecoder | undefined;
+  // Outgoing fragmented message: the opcode of its first frame, if any.
+  #sendOpcode: Opcode | undefined;
+  #sendOptions: EncodeOptions | undefined;
+  #discarding = false;
+
+  /** Creates the shared state; see {@linkcode ProtocolOptions}. */
+  constructor(options: ProtocolOptions = {}) {
+    this.maxSize = options.maxSize ?? DEFAULT_MAX_SIZE;
+    this.logger = options.logger;
+    this.httpLimits = options.httpLimits;
+  }
+
+  /** The current state. */
+  get state(): State {
+    return this.#state;
+  }
+
+  /** Whether a fragmented message is being sent (a frame with `fin` false was sent, the final one not yet). */
+  get sendingFragmented(): boolean {
+    return this.#sendOpcode !== undefined;
+  }
+
+  /** Whether a fragmented message is being received. */
+  get receivingFragmented(): boolean {
+    return this.#recvOpcode !== undefined;
+  }
+
+  /** Bytes queued by the `send*` methods and not yet taken by {@linkcode Protocol.prototype.dataToSend}. */
+  get outputLength(): number {
+    return this.#outputLength;
+  }
+
+  protected setState(state: State): void {
+    if (!TRANSITIONS[this.#state].includes(state)) {
+      throw new InvalidState(
+        `invalid state transition from ${STATE_NAMES[this.#state]} to ${STATE_NAMES[state]}`,
+      );
+    }
+    this.logger?.debug(`= connection is ${STATE_NAMES[state]}`);
+    this.#state = state;
+  }
+
+  /** Returns the events received since the last call, and forgets them. */
+  eventsReceived(): ProtocolEvent[] {
+    const events = this.#events;
+    this.#events = [];
+    return events;
+  }
+
+  /**
+   * Returns the byte chunks to write since the last call, and forgets them;
+   * write them in order, ideally in one write. An empty chunk means: close
+   * the transport (half-close, then close) after writing what precedes it.
+   */
+  dataToSend(): Uint8Array[] {
+    const output = this.#output;
+    this.#output = [];
+    this.#outputLength = 0;
+    return output;
+  }
+
+  /**
+   * Whether the other side is expected to close the TCP connection soon:
+   * after this side sent a close frame, or when the handshake failed. The
+   * caller then bounds the wait with a timeout (`closeTimeout`).
+   */
+  closeExpected(): boolean {
+    return (this.#state === State.CLOSING || this.handshakeError !== undefined) &&
+      !this.eofReceived;
+  }
+
+  /**
+   * The error to throw for a closed connection: `ConnectionClosedOK` when
+   * close frames with 1000, 1001 or no status were both received and sent,
+   * `ConnectionClosedError` otherwise. Its `cause` is the failure, if any.
+   */
+  get closeError(): ConnectionClosed {
+    const rcvd = this.closeRcvd, sent = this.closeSent;
+    const ok = rcvd !== undefined && sent !== undefined && isOkCode(rcvd.code) &&
+      isOkCode(sent.code);
+    const cause = this.failure ?? this.handshakeError;
+    const options = cause === undefined ? undefined : { cause };
+    return ok
+      ? new ConnectionClosedOK(rcvd, sent, this.closeRcvdThenSent, options)
+      : new ConnectionClosedError(rcvd, sent, this.closeRcvdThenSent, options);
+  }
+
+  // ---- Receiving ----
+
+  /** Feeds bytes received from the network; the protocol owns `data` from now on. */
+  receiveData(data: Uint8Array): void {
+    if (this.eofReceived) throw new InvalidState("cannot receive data after the end of the stream");
+    if (this.#discarding) return;
+    if (this.#state === State.CONNECTING) {
+      const rest = this.receiveHandshake(data);
+      if (rest === undefined || rest.length === 0 || this.state !== State.OPEN) return;
+      data = rest;
+    }
+    const reader = this.reader!;
+    reader.feed(data);
+    try {
+      while (!this.#discarding) {
+        reader.maxSize = this.maxSize - this.#recvSize;
+        const frame = reader.next();
+        if (frame === undefined) break;
+        this.receiveFrame(frame);
+      }
+    } catch (error) {
+      this.failOnError(error);
+    }
+  }
+
+  /** Signals that the other side closed its end of the stream (TCP FIN). */
+  receiveEof(): void {
+    if (this.eofReceived) throw new InvalidState("end of stream already received");
+    this.eofReceived = true;
+    if (this.#state === State.CONNECTING) this.receiveHandshakeEof();
+    this.logger?.debug("< EOF");
+    if (this.#state !== State.CLOSED) this.setState(State.CLOSED);
+    if (!this.eofSent) this.sendEof();
+    this.#discarding = true;
+  }
+
+  /** Handles handshake bytes; returns the bytes that followed the handshake, if complete. */
+  protected abstract receiveHandshake(data: Uint8Array): Uint8Array | undefined;
+
+  /** Handles the end of the stream during the handshake. */
+  protected abstract receiveHandshakeEof(): void;
+
+  protected failOnError(error: unknown): void {
+    if (error instanceof ProtocolError) {
+      this.fail(error.code, error.message, error);
+    } else if (error instanceof PayloadTooBig) {
+      this.fail(CloseCode.MESSAGE_TOO_BIG, error.message, error);
+    } else if (error instanceof Error) {
+      this.fail(CloseCode.INTERNAL_ERROR, "internal error", error);
+    } else {
+      this.fail(CloseCode.INTERNAL_ERROR, "internal error", new Error(String(error)));
+    }
+  }
+
+  protected receiveFrame(frame: Frame): void {
+    if (this.logger) this.logger.debug(`< ${frame}`);
+    const opcode = frame.opcode;
+    if (opcode >= 8) {
+      this.receiveControlFrame(frame);
+      return;
+    }
+    if (this.#state !== State.OPEN) return; // after sending a close frame, data frames are discarded
+    if (opcode === Opcode.CONT) {
+      if (this.#recvOpcode === undefined) throw new ProtocolError("unexpected continuation frame");
+    } else if (this.#recvOpcode !== undefined) {
+      throw new ProtocolError("expected a continuation frame");
+    }
+    const extensions = this.extensions;
+    if (extensions.length !== 0) {
+      const remaining = this.maxSize - this.#recvSize;
+      for (let i = extensions.length - 1; i >= 0; i--) {
+        frame = extensions[i].decode(frame, { maxSize: remaining });
+      }
+    }
+    if (frame.rsv1 || frame.rsv2 || frame.rsv3) throw new ProtocolError("reserved bits must be 0");
+    const data = frame.data;
+    const size = this.#recvSize + data.length;
+    if (size > this.maxSize) throw new PayloadTooBig(size, this.maxSize);
+    if (opcode !== Opcode.CONT && frame.fin) {
+      // A whole message in one frame: the common case, without copies.
+      if (opcode === Opcode.TEXT) {
+        let text: string;
+        try {
+          text = textDecoder.decode(data);
+        } catch {
+          throw new ProtocolError("invalid UTF-8 in text message", CloseCode.INVALID_DATA);
+        }
+        this.#events.push({ type: "message", data: text });
+      } else {
+        this.#events.push({ type: "message", data });
+      }
+      return;
+    }
+    if (opcode !== Opcode.CONT) this.#recvOpcode = opcode;
+    this.#recvSize = size;
+    if (this.#recvOpcode === Opcode.TEXT) {
+      // Validated fragment by fragment: invalid text fails where it becomes invalid,
+      // while a code point split across fragments is fine.
+      const decoder = this.#recvDecoder ??= new TextDecoder("utf-8", { fatal: true });
+      try {
+        this.#recvParts.push(decoder.decode(data, { stream: !frame.fin }));
+      } catch {
+        this.#recvDecoder = undefined;
+        throw new ProtocolError("invalid UTF-8 in text message", CloseCode.INVALID_DATA);
+      }
+    } else {
+      this.#recvParts.push(data);
+    }
+    if (!frame.fin) return;
+    const parts = this.#recvParts;
+    let message: string | Uint8Array;
+    if (this.#recvOpcode === Opcode.TEXT) {
+      message = (parts as string[]).join("");
+    } else {
+      const bytes = new Uint8Array(size);
+      let offset = 0;
+      for (const part of parts as Uint8Array[]) {
+        bytes.set(part, offset);
+        offset += part.length;
+      }
+      message = bytes;
+    }
+    this.#recvOpcode = undefined;
+    this.#recvParts = [];
+    this.#recvSize = 0;
+    this.#events.push({ type: "message", data: message });
+  }
+
+  protected receiveControlFrame(frame: Frame): void {
+    if (frame.rsv1 || frame.rsv2 || frame.rsv3) throw new ProtocolError("reserved bits must be 0");
+    const data = frame.data;
+    if (frame.opcode === Opcode.PING) {
+      // Answer with a pong of the same payload while open (RFC 6455 §5.5.2).
+      if (this.#state === State.OPEN) this.sendFrame(new Frame(Opcode.PONG, data.slice()));
+      this.#events.push({ type: "ping", data });
+    } else if (frame.opcode === Opcode.PONG) {
+      this.#events.push({ type: "pong", data });
+    } else {
+      const close = Close.parse(data);
+      this.closeRcvd = close;
+      if (this.#state === State.OPEN) {
+        // Echo the close frame (RFC 6455 §5.5.1), then the server closes TCP first.
+        this.sendFrame(new Frame(Opcode.CLOSE, close.serialize()));
+        this.closeSent = close;
+        this.closeRcvdThenSent = true;
+        this.setState(State.CLOSING);
+      } else if (this.closeRcvdThenSent === undefined && this.closeSent !== undefined) {
+        this.closeRcvdThenSent = false;
+      }
+      if (!this.isClient) this.sendEof();
+      this.#events.push({ type: "close", close });
+      // Nothing after a close frame is processed (RFC 6455 §5.5.1).
+      this.#discarding = true;
+    }
+  }
+
+  // ---- Sending ----
+
+  protected checkCanSend(what: string): void {
+    if (this.#state !== State.OPEN) {
+      throw new InvalidState(`cannot send ${what} in state ${STATE_NAMES[this.#state]}`);
+    }
+  }
+
+  /**
+   * Sends a Text frame: the first or only frame of a message. `fin` false
+   * starts a fragmented message, continued with
+   * {@linkcode Protocol.prototype.sendContinuation}.
+   */
+  sendText(data: string | Uint8Array, fin: boolean = true, options?: EncodeOptions): void {
+    this.sendDataFrame(
+      Opcode.TEXT,
+      typeof data === "string" ? textEncoder.encode(data) : data,
+      fin,
+      options,
+    );
+  }
+
+  /** Sends a Binary frame: the first or only frame of a message. */
+  sendBinary(data: Uint8Array, fin: boolean = true, options?: EncodeOptions): void {
+    this.sendDataFrame(Opcode.BINARY, data, fin, options);
+  }
+
+  /** Sends a continuation frame of the fragmented message being sent. */
+  sendContinuation(data: string | Uint8Array, fin: boolean): void {
+    this.checkCanSend("continuation frame");
+    if (this.#sendOpcode === undefined) {
+      throw new InvalidState(
+        "cannot send a continuation frame: no fragmented message is being sent",
+      );
+    }
+    const bytes = typeof data === "string" ? textEncoder.encode(data) : data;
+    this.sendFrame(new Frame(Opcode.CONT, bytes, { fin }), this.#sendOptions);
+    if (fin) {
+      this.#sendOpcode = undefined;
+      this.#sendOptions = undefined;
+    }
+  }
+
+  protected sendDataFrame(
+    opcode: Opcode,
+    data: Uint8Array,
+    fin: boolean,
+    options: EncodeOptions | undefined,
+  ): void {
+    this.checkCanSend(opcode === Opcode.TEXT ? "text frame" : "binary frame");
+    if (this.#sendOpcode !== undefined) {
+      throw new InvalidState("cannot start a new message: a fragmented message is being sent");
+    }
+    this.sendFrame(new Frame(opcode, data, { fin }), options);
+    if (!fin) {
+      this.#sendOpcode = opcode;
+      this.#sendOptions = options;
+    }
+  }
+
+  /**
+   * Queues bytes of a data frame that is already serialized and encoded for
+   * this connection's extensions (what `broadcast()` shares between
+   * connections). Server side only: client frames are masked one by one.
+   */
+  sendSerialized(bytes: Uint8Array): void {
+    this.checkCanSend("data frame");
+    if (this.#sendOpcode !== undefined) {
+      throw new InvalidState("cannot start a new message: a fragmented message is being sent");
+    }
+    if (this.isClient) throw new InvalidState("cannot send pre-serialized frames as a client");
+    this.pushOutput(bytes);
+  }
+
+  /** Sends a ping with up to 125 bytes of payload. */
+  sendPing(data: Uint8Array = EMPTY): void {
+    this.checkCanSend("ping");
+    this.sendFrame(new Frame(Opcode.PING, data));
+  }
+
+  /** Sends a pong with up to 125 bytes of payload. */
+  sendPong(data: Uint8Array = EMPTY): void {
+    this.checkCanSend("pong");
+    this.sendFrame(new Frame(Opcode.PONG, data));
+  }
+
+  /**
+   * Starts the closing handshake: sends a close frame with `code` and
+   * `reason` (no code: an empty close frame, received as 1005). The state
+   * becomes CLOSING. Throws `ProtocolError` for a code that may not be sent,
+   * or a reason over 123 bytes.
+   */
+  sendClose(code?: number, reason: string = ""): void {
+    this.checkCanSend("close frame");
+    const close = code === undefined
+      ? new Close(CloseCode.NO_STATUS_RCVD, "")
+      : new Close(code, reason);
+    const payload = close.serialize();
+    this.sendFrame(new Frame(Opcode.CLOSE, payload));
+    this.closeSent = close;
+    this.setState(State.CLOSING);
+  }
+
+  /**
+   * Fails the connection (RFC 6455 §7.1.7): sends a close frame with `code`
+   * (unless 1006) while open, then a server closes the transport at once
+   * while a client waits for the server to close it; nothing received
+   * afterwards is processed.
+   */
+  failConnection(code: number, reason: string = ""): void {
+    this.fail(code, reason, undefined);
+  }
+
+  protected fail(code: number, reason: string, error: Error | undefined): void {
+    if (error !== undefined && this.failure === undefined) this.failure = error;
+    this.logger?.debug(`! failing connection with code ${code}: ${reason}`);
+    if (this.#state === State.OPEN) {
+      if (code !== CloseCode.ABNORMAL_CLOSURE) {
+        const close = new Close(code, truncateReason(reason));
+        this.sendFrame(new Frame(Opcode.CLOSE, close.serialize()));
+        this.closeSent = close;
+      }
+      this.setState(State.CLOSING);
+    }
+    if (!this.isClient && !this.eofSent) this.sendEof();
+    this.#discarding = true;
+  }
+
+  protected sendFrame(frame: Frame, options?: EncodeOptions): void {
+    const extensions = this.extensions;
+    for (let i = 0; i < extensions.length; i++) frame = extensions[i].encode(frame, options);
+    if (this.logger) this.logger.debug(`> ${frame}`);
+    if (this.isClient) {
+      this.pushOutput(frame.serialize({ mask: true }));
+    } else {
+      // Header and payload as two chunks: the payload isn't copied here, the
+      // caller copies every chunk of a tick once into a single write.
+      frame.check();
+      const length = frame.data.length;
+      const header = new Frame(frame.opcode, EMPTY, frame).serialize({ mask: false });
+      if (length === 0) {
+        this.pushOutput(header);
+      } else {
+        const headerLength = frameHeaderLength(length, false);
+        const out = new Uint8Array(headerLength);
+        out[0] = header[0];
+        writeLength(out, length);
+        this.pushOutput(out);
+        this.pushOutput(frame.data);
+      }
+    }
+  }
+
+  protected pushEvent(event: ProtocolEvent): void {
+    this.#events.push(event);
+  }
+
+  protected pushOutput(bytes: Uint8Array): void {
+    this.#output.push(bytes);
+    this.#outputLength += bytes.length;
+  }
+
+  /** Queues the end-of-stream marker: the transport is to be closed. */
+  protected sendEof(): void {
+    if (this.eofSent) return;
+    this.eofSent = true;
+    this.logger?.debug("> EOF");
+    this.#output.push(EOF);
+  }
+
+  protected startDiscarding(): void {
+    this.#discarding = true;
+  }
+}
+
+function writeLength(out: Uint8Array, length: number): void {
+  if (length < 126) {
+    out[1] = length;
+  } else if (length < 65536) {
+    out[1] = 126;
+    out[2] = length >>> 8;
+    out[3] = length & 0xff;
+  } else {
+    out[1] = 127;
+    const high = Math.floor(length / 0x100000000);
+    const low = length >>> 0;
+    out[2] = high >>> 24;
+    out[3] = (high >>> 16) & 0xff;
+    out[4] = (high >>> 8) & 0xff;
+    out[5] = high & 0xff;
+    out[6] = low >>> 24;
+    out[7] = (low >>> 16) & 0xff;
+    out[8] = (low >>> 8) & 0xff;
+    out[9] = low & 0xff;
+  }
+}
+
+function isOkCode(code: number): boolean {
+  return code === CloseCode.NORMAL_CLOSURE || code === CloseCode.GOING_AWAY ||
+    code === CloseCode.NO_STATUS_RCVD;
+}
+
+// A close reason must fit in 123 bytes of UTF-8; cut on a code point boundary.
+function truncateReason(reason: string): string {
+  if (textEncoder.encode(reason).length <= 123) return reason;
+  let out = "";
+  let length = 0;
+  for (const char of reason) {
+    const size = textEncoder.encode(char).length;
+    if (length + size > 120) break;
+    out += char;
+    length += size;
+  }
+  return out + "...";
+}
+
+// ---------------------------------------------------------------- Client
+
+/** Options of {@linkcode ClientProtocol}. */
+export interface ClientProtocolOptions extends ProtocolOptions {
+  /** Value of the `Origin` header, if any. */
+  origin?: string;
+  /** Extensions to offer, in order of preference. */
+  extensions?: ClientExtensionFactory[];
+  /** Subprotocols to offer, in order of preference. */
+  subprotocols?: string[];
+  /** Extra request headers. */
+  additionalHeaders?: Headers | Record<string, string> | Iterable<[string, string]>;
+  /** Value of the `User-Agent` header; `undefined` leaves it out. */
+  userAgentHeader?: string;
+}
+
+/**
+ * The client side: {@linkcode ClientProtocol.prototype.connect} builds the
+ * handshake request; the response is parsed and checked as bytes arrive.
+ *
+ * A failed handshake sets `handshakeError` (e.g. `InvalidStatus`, holding the
+ * response, for redirects and 4xx/5xx answers), stores it on the response's
+ * `exception` and emits the `response` event.
+ *
+ * @example
+ * ```ts
+ * import { ClientProtocol } from "@denows/websockets/protocol";
+ * import { parseUri } from "@denows/websockets/uri";
+ * const client = new ClientProtocol(parseUri("ws://example.com/"), { subprotocols: ["chat"] });
+ * const request = client.connect();
+ * console.log(request.path, request.headers.get("Sec-WebSocket-Protocol")); // / chat
+ * ```
+ */
+export class ClientProtocol extends Protocol {
+  /** Always `true`. */
+  readonly isClient: boolean = true;
+  /** The URI connected to. */
+  readonly uri: WebSocketURI;
+  /** The handshake request, once built. */
+  request: Request | undefined;
+  /** The handshake response, once received. */
+  response: Response | undefined;
+  readonly #options: ClientProtocolOptions;
+  #key = "";
+  #parser: ResponseParser | undefined;
+
+  /** Creates the client side for `uri`. */
+  constructor(uri: WebSocketURI, options: ClientProtocolOptions = {}) {
+    super(options);
+    this.uri = uri;
+    this.#options = options;
+  }
+
+  /** Builds the opening handshake request (RFC 6455 §4.1). Send it with `sendRequest`. */
+  connect(): Request {
+    const uri = this.uri;
+    const options = this.#options;
+    const headers = new Headers();
+    const defaultPort = uri.secure ? 443 : 80;
+    const host = uri.host.includes(":") ? `[${uri.host}]` : uri.host;
+    headers.append("Host", uri.port === defaultPort ? host : `${host}:${uri.port}`);
+    const userInfo = uri.userInfo;
+    if (userInfo !== undefined) {
+      headers.append(
+        "Authorization",
+        buildAuthorizationBasic(decodeURIComponent(userInfo[0]), decodeURIComponent(userInfo[1])),
+      );
+    }
+    if (options.origin !== undefined) headers.append("Origin", options.origin);
+    headers.append("Upgrade", "websocket");
+    headers.append("Connection", "Upgrade");
+    const key = new Uint8Array(16);
+    crypto.getRandomValues(key);
+    this.#key = bytesToBase64(key);
+    headers.append("Sec-WebSocket-Key", this.#key);
+    headers.append("Sec-WebSocket-Version", "13");
+    const factories = options.extensions ?? [];
+    if (factories.length !== 0) {
+      headers.append(
+        "Sec-WebSocket-Extensions",
+        buildExtension(factories.map((factory) => [factory.name, factory.getRequestParams()])),
+      );
+    }
+    const subprotocols = options.subprotocols ?? [];
+    if (subprotocols.length !== 0) {
+      headers.append("Sec-WebSocket-Protocol", buildSubprotocol(subprotocols));
+    }
+    if (options.additionalHeaders !== undefined) headers.update(options.additionalHeaders);
+    if (options.userAgentHeader !== undefined && !headers.has("User-Agent")) {
+      headers.append("User-Agent", options.userAgentHeader);
+    }
+    return new Request(uri.resourceName, headers);
+  }
+
+  /** Queues the handshake request for sending. */
+  sendRequest(request: Request): void {
+    if (this.state !== State.CONNECTING || this.request !== undefined) {
+      throw new InvalidState(`cannot send a handshake request in state ${stateName(this.state)}`);
+    }
+    const key = request.headers.get("Sec-WebSocket-Key");
+    if (key !== undefined) this.#key = key;
+    this.request = request;
+    this.logger?.debug(`> GET ${request.path} HTTP/1.1`);
+    this.pushOutput(request.serialize());
+  }
+
+  protected receiveHandshake(data: Uint8Array): Uint8Array | undefined {
+    if (this.request === undefined) {
+      throw new InvalidState("cannot receive a handshake response before sending the request");
+    }
+    const parser = this.#parser ??= new ResponseParser(this.httpLimits);
+    let result;
+    try {
+      result = parser.feed(data);
+    } catch (error) {
+      this.handshakeFailed(undefined, error);
+      return undefined;
+    }
+    if (result === undefined) return undefined;
+    this.handleResponse(result.message);
+    return result.rest;
+  }
+
+  protected receiveHandshakeEof(): void {
+    if (this.handshakeError !== undefined || this.request === undefined) {
+      if (this.handshakeError === undefined) {
+        this.handshakeError = new InvalidHandshake("connection closed before the handshake");
+      }
+      return;
+    }
+    try {
+      const parser = this.#parser ??= new ResponseParser(this.httpLimits);
+      this.handleResponse(parser.feedEof().message);
+    } catch (error) {
+      this.handshakeFailed(undefined, error);
+    }
+  }
+
+  private handleResponse(response: Response): void {
+    this.response = response;
+    this.logger?.debug(`< HTTP/1.1 ${response.statusCode} ${response.reasonPhrase}`);
+    try {
+      this.processResponse(response);
+    } catch (error) {
+      this.handshakeFailed(response, error);
+      return;
+    }
+    this.reader = new FrameReader({
+      mask: false,
+      maxSize: this.maxSize,
+      allowedRsv: this.extensions.reduce((bits, extension) => bits | extension.rsvBits, 0),
+    });
+    this.setState(State.OPEN);
+    this.pushEvent({ type: "response", response });
+  }
+
+  private handshakeFailed(response: Response | undefined, error: unknown): void {
+    const exception = error instanceof Error ? error : new InvalidHandshake(String(error));
+    this.handshakeError = exception;
+    if (response !== undefined) {
+      response.exception = exception;
+      this.pushEvent({ type: "response", response });
+    }
+    this.sendEof();
+    this.startDiscarding();
+  }
+
+  /** Checks the handshake response (RFC 6455 §4.1, §4.2.2) and negotiates extensions and subprotocol. */
+  private processResponse(response: Response): void {
+    if (response.statusCode !== 101) throw new InvalidStatus(response);
+    const headers = response.headers;
+    const connection = headers.getAll("Connection").flatMap(parseConnection);
+    if (!connection.some((value) => value.toLowerCase() === "upgrade")) {
+      throw new InvalidUpgrade("Connection", connection.length ? connection.join(", ") : undefined);
+    }
+    const upgrade = headers.getAll("Upgrade").flatMap(parseUpgrade);
+    if (upgrade.length !== 1 || upgrade[0].toLowerCase() !== "websocket") {
+      throw new InvalidUpgrade("Upgrade", upgrade.length ? upgrade.join(", ") : undefined);
+    }
+    const accept = headers.getAll("Sec-WebSocket-Accept");
+    if (accept.length === 0) throw new InvalidHeader("Sec-WebSocket-Accept");
+    if (accept.length > 1) {
+      throw new InvalidHeader(
+        "Sec-WebSocket-Accept",
+        accept.join(", "),
+        "more than one Sec-WebSocket-Accept header found",
+      );
+    }
+    if (accept[0] !== acceptKey(this.#key)) {
+      throw new InvalidHeaderValue("Sec-WebSocket-Accept", accept[0]);
+    }
+    this.extensions = this.negotiateExtensions(headers);
+    this.subprotocol = this.negotiateSubprotocol(headers);
+  }
+
+  private negotiateExtensions(headers: Headers): Extension[] {
+    const accepted: Extension[] = [];
+    const values = headers.getAll("Sec-WebSocket-Extensions");
+    if (values.length === 0) return accepted;
+    const factories = this.#options.extensions ?? [];
+    if (factories.length === 0) throw new InvalidHandshake("no extensions supported");
+    const answers: ExtensionHeader[] = values.flatMap(parseExtension);
+    for (const [name, params] of answers) {
+      let extension: Extension | undefined;
+      let lastError: unknown;
+      for (const factory of factories) {
+        if (factory.name !== name) continue;
+        try {
+          extension = factory.processResponseParams(params, accepted);
+          break;
+        } catch (error) {
+          if (!(error instanceof NegotiationError)) throw error;
+          lastError = error;
+        }
+      }
+      if (extension === undefined) {
+        if (lastError !== undefined) throw lastError;
+        throw new NegotiationError(`unsupported extension: ${buildExtension([[name, params]])}`);
+      }
+      accepted.push(extension);
+    }
+    return accepted;
+  }
+
+  private negotiateSubprotocol(headers: Headers): string | undefined {
+    const values = headers.getAll("Sec-WebSocket-Protocol");
+    if (values.length === 0) return undefined;
+    const offered = this.#options.subprotocols ?? [];
+    if (offered.length === 0) throw new InvalidHandshake("no subprotocols supported");
+    const chosen = values.flatMap(parseSubprotocol);
+    if (chosen.length !== 1) {
+      throw new InvalidHeader(
+        "Sec-WebSocket-Protocol",
+        chosen.join(", "),
+        `multiple subprotocols: ${chosen.join(", ")}`,
+      );
+    }
+    if (!offered.includes(chosen[0])) {
+      throw new NegotiationError(`unsupported subprotocol: ${chosen[0]}`);
+    }
+    return chosen[0];
+  }
+}
+
+// ---------------------------------------------------------------- Server
+
+/**
+ * Which origins a server accepts: a string matches exactly, a `RegExp` must
+ * match the whole origin, `undefined` accepts requests without an `Origin`
+ * header (e.g. non-browser clients).
+ *
+ * @example
+ * ```ts
+ * import type { OriginPattern } from "@denows/websockets/protocol";
+ * const origins: OriginPattern[] = ["https://example.com", /https:\/\/[a-z]+\.example\.com/, undefined];
+ * console.log(origins.length); // 3
+ * ```
+ */
+export type OriginPattern = string | RegExp | undefined;
+
+/**
+ * Chooses a subprotocol among those the client offered; `undefined` for none.
+ * Throwing a `NegotiationError` rejects the handshake with 400.
+ *
+ * @example
+ * ```ts
+ * import type { SelectSubprotocol } from "@denows/websockets/protocol";
+ * const select: SelectSubprotocol = (offered) => offered.includes("chat.v2") ? "chat.v2" : undefined;
+ * console.log(select(["chat.v1", "chat.v2"], undefined!)); // chat.v2
+ * ```
+ */
+export type SelectSubprotocol = (offered: string[], request: Request) => string | undefined;
+
+/** Options of {@linkcode ServerProtocol}. */
+export interface ServerProtocolOptions extends ProtocolOptions {
+  /** Accepted origins; `undefined` (the default) accepts any origin. */
+  origins?: OriginPattern[];
+  /** Extensions the server supports, in order of preference. */
+  extensions?: ServerExtensionFactory[];
+  /** Subprotocols the server supports; the first one the client offered is chosen. */
+  subprotocols?: string[];
+  /** Custom subprotocol selection, replacing the `subprotocols` rule. */
+  selectSubprotocol?: SelectSubprotocol;
+  /** Value of the `Server` header; `undefined` leaves it out. */
+  serverHeader?: string;
+}
+
+const STATUS_PHRASES: Record<number, string> = {
+  101: "Switching Protocols",
+  200: "OK",
+  400: "Bad Request",
+  401: "Unauthorized",
+  403: "Forbidden",
+  404: "Not Found",
+  426: "Upgrade Required",
+  500: "Internal Server Error",
+  503: "Service Unavailable",
+};
+
+/**
+ * The server side: parses the handshake request (emitted as a `request`
+ * event), checks it with {@linkcode ServerProtocol.prototype.accept}, which
+ * returns the 101 response or the rejection, and sends it with
+ * {@linkcode ServerProtocol.prototype.sendResponse}.
+ *
+ * Rejections: a malformed request or a bad header → 400; a missing or wrong
+ * `Upgrade` / `Connection` → 426 with `Upgrade: websocket`;
+ * `Sec-WebSocket-Version` other than 13 → 426 with
+ * `Sec-WebSocket-Version: 13`; an origin not in `origins` → 403. The error
+ * is stored on the response's `exception` and in `handshakeError`.
+ *
+ * @example
+ * ```ts
+ * import { ServerProtocol } from "@denows/websockets/protocol";
+ * import { Headers } from "@denows/websockets/headers";
+ * import { Request } from "@denows/websockets/http11";
+ * const server = new ServerProtocol();
+ * const response = server.accept(new Request("/", new Headers({ Host: "example.com" })));
+ * console.log(response.statusCode, response.exception?.name); // 426 InvalidUpgrade
+ * ```
+ */
+export class ServerProtocol extends Protocol {
+  /** Always `false`. */
+  readonly isClient: boolean = false;
+  /** The handshake request, once received. */
+  request: Request | undefined;
+  /** The handshake response, once sent. */
+  response: Response | undefined;
+  readonly #options: ServerProtocolOptions;
+  #parser: RequestParser | undefined;
+
+  /** Creates the server side. */
+  constructor(options: ServerProtocolOptions = {}) {
+    super(options);
+    this.#options = options;
+  }
+
+  protected receiveHandshake(data: Uint8Array): Uint8Array | undefined {
+    if (this.request !== undefined) {
+      // Bytes after the request and before the response: keep them for the frame reader.
+      this.#pending.push(data);
+      return undefined;
+    }
+    const parser = this.#parser ??= new RequestParser(this.httpLimits);
+    let result;
+    try {
+      result = parser.feed(data);
+    } catch (error) {
+      const exception = error instanceof Error ? error : new InvalidHandshake(String(error));
+      this.handshakeError = exception;
+      const response = this.reject(
+        400,
+        `Failed to open a WebSocket connection: ${exception.message}.\n`,
+      );
+      response.exception = exception;
+      this.sendResponse(response);
+      return undefined;
+    }
+    if (result === undefined) return undefined;
+    this.request = result.message;
+    this.logger?.debug(`< GET ${this.request.path} HTTP/1.1`);
+    if (result.rest.length !== 0) this.#pending.push(result.rest);
+    this.pushEvent({ type: "request", request: this.request });
+    return undefined;
+  }
+
+  #pending: Uint8Array[] = [];
+
+  protected receiveHandshakeEof(): void {
+    if (this.handshakeError === undefined && this.response === undefined) {
+      this.handshakeError = new InvalidHandshake(
+        this.request === undefined
+          ? "connection closed while reading the HTTP request"
+          : "connection closed during the handshake",
+      );
+    }
+  }
+
+  /**
+   * Checks the handshake request and returns the response to send: 101
+   * with the negotiated extensions and subprotocol, or a rejection whose
+   * `exception` says what was wrong.
+   */
+  accept(request: Request): Response {
+    let accept: string, extensionHeader: string | undefined, subprotocol: string | undefined;
+    let extensions: Extension[];
+    try {
+      [accept, extensionHeader, extensions, subprotocol] = this.processRequest(request);
+    } catch (error) {
+      const exception = error instanceof Error ? error : new InvalidHandshake(String(error));
+      request.exception = exception;
+      this.handshakeError = exception;
+      let response: Response;
+      if (exception instanceof InvalidOrigin) {
+        response = this.reject(
+          403,
+          `Failed to open a WebSocket connection: ${exception.message}.\n`,
+        );
+      } else if (exception instanceof InvalidUpgrade) {
+        response = this.reject(
+          426,
+          `Failed to open a WebSocket connection: ${exception.message}.\n\n` +
+            "You cannot access a WebSocket server directly with a browser. You need a WebSocket client.\n",
+        );
+        response.headers.set("Upgrade", "websocket");
+      } else if (
+        exception instanceof InvalidHeaderValue && exception.headerName === "Sec-WebSocket-Version"
+      ) {
+        response = this.reject(
+          426,
+          `Failed to open a WebSocket connection: ${exception.message}.\n`,
+        );
+        response.headers.set("Sec-WebSocket-Version", "13");
+      } else if (exception instanceof InvalidHandshake) {
+        response = this.reject(
+          400,
+          `Failed to open a WebSocket connection: ${exception.message}.\n`,
+        );
+      } else {
+        response = this.reject(
+          500,
+          "Failed to open a WebSocket connection.\nSee server log for more information.\n",
+        );
+      }
+      response.exception = exception;
+      return response;
+    }
+    this.extensions = extensions;
+    this.subprotocol = subprotocol;
+    const headers = new Headers();
+    headers.append("Date", new Date().toUTCString());
+    headers.append("Upgrade", "websocket");
+    headers.append("Connection", "Upgrade");
+    headers.append("Sec-WebSocket-Accept", accept);
+    if (extensionHeader !== undefined) headers.append("Sec-WebSocket-Extensions", extensionHeader);
+    if (subprotocol !== undefined) headers.append("Sec-WebSocket-Protocol", subprotocol);
+    if (this.#options.serverHeader !== undefined) {
+      headers.append("Server", this.#options.serverHeader);
+    }
+    return new Response(101, "Switching Protocols", headers);
+  }
+
+  private processRequest(
+    request: Request,
+  ): [string, string | undefined, Extension[], string | undefined] {
+    const headers = request.headers;
+    const connection = headers.getAll("Connection").flatMap(parseConnection);
+    if (!connection.some((value) => value.toLowerCase() === "upgrade")) {
+      throw new InvalidUpgrade("Connection", connection.length ? connection.join(", ") : undefined);
+    }
+    const upgrade = headers.getAll("Upgrade").flatMap(parseUpgrade);
+    // RFC 6455 §4.2.1 requires "websocket"; other protocols may be listed too (RFC 7230 §6.7).
+    if (!upgrade.some((value) => value.toLowerCase() === "websocket")) {
+      throw new InvalidUpgrade("Upgrade", upgrade.length ? upgrade.join(", ") : undefined);
+    }
+    const keys = headers.getAll("Sec-WebSocket-Key");
+    if (keys.length === 0) throw new InvalidHeader("Sec-WebSocket-Key");
+    if (keys.length > 1) {
+      throw new InvalidHeader(
+        "Sec-WebSocket-Key",
+        keys.join(", "),
+        "more than one Sec-WebSocket-Key header found",
+      );
+    }
+    const key = keys[0];
+    if (!/^[A-Za-z0-9+/]{22}==$/.test(key) || base64Length(key) !== 16) {
+      throw new InvalidHeaderValue("Sec-WebSocket-Key", key);
+    }
+    const versions = headers.getAll("Sec-WebSocket-Version");
+    if (versions.length === 0) throw new InvalidHeader("Sec-WebSocket-Version");
+    if (versions.length > 1) {
+      throw new InvalidHeader(
+        "Sec-WebSocket-Version",
+        versions.join(", "),
+        "more than one Sec-WebSocket-Version header found",
+      );
+    }
+    if (versions[0] !== "13") throw new InvalidHeaderValue("Sec-WebSocket-Version", versions[0]);
+    this.checkOrigin(headers);
+    const [extensionHeader, extensions] = this.negotiateExtensions(headers);
+    const subprotocol = this.negotiateSubprotocol(request);
+    return [acceptKey(key), extensionHeader, extensions, subprotocol];
+  }
+
+  private checkOrigin(headers: Headers): void {
+    const origins = this.#options.origins;
+    if (origins === undefined) return;
+    const values = headers.getAll("Origin");
+    if (values.length > 1) {
+      throw new InvalidHeader("Origin", values.join(", "), "more than one Origin header found");
+    }
+    const origin = values[0];
+    for (const pattern of origins) {
+      if (pattern === undefined) {
+        if (origin === undefined) return;
+      } else if (origin !== undefined) {
+        if (typeof pattern === "string") {
+          if (pattern === origin) return;
+        } else {
+          const match = new RegExp(pattern.source, pattern.flags.replace("g", "").replace("y", ""))
+            .exec(origin);
+          if (match !== null && match.index === 0 && match[0] === origin) return;
+        }
+      }
+    }
+    throw new InvalidOrigin(origin);
+  }
+
+  private negotiateExtensions(headers: Headers): [string | undefined, Extension[]] {
+    const accepted: Extension[] = [];
+    const answers: ExtensionHeader[] = [];
+    const factories = this.#options.extensions ?? [];
+    const values = headers.getAll("Sec-WebSocket-Extensions");
+    if (values.length === 0 || factories.length === 0) return [undefined, accepted];
+    const offers: ExtensionHeader[] = values.flatMap(parseExtension);
+    for (const [name, params] of offers) {
+      for (const factory of factories) {
+        if (factory.name !== name) continue;
+        let answer: [ExtensionParameter[], Extension];
+        try {
+          answer = factory.processRequestParams(params, accepted);
+        } catch (error) {
+          // Decline this offer and try the next one.
+          if (error instanceof NegotiationError) continue;
+          throw error;
+        }
+        answers.push([name, answer[0]]);
+        accepted.push(answer[1]);
+        break;
+      }
+    }
+    return [answers.length ? buildExtension(answers) : undefined, accepted];
+  }
+
+  private negotiateSubprotocol(request: Request): string | undefined {
+    const offered = request.headers.getAll("Sec-WebSocket-Protocol").flatMap(parseSubprotocol);
+    const select = this.#options.selectSubprotocol;
+    if (select !== undefined) {
+      const chosen = select(offered, request);
+      if (chosen !== undefined && !offered.includes(chosen)) {
+        throw new NegotiationError(`selected subprotocol wasn't offered: ${chosen}`);
+      }
+      return chosen;
+    }
+    const supported = this.#options.subprotocols ?? [];
+    if (supported.length === 0 || offered.length === 0) return undefined;
+    const chosen = offered.find((protocol) => supported.includes(protocol));
+    if (chosen === undefined) {
+      throw new NegotiationError(
+        `invalid subprotocol; expected one of ${supported.join(", ")}`,
+      );
+    }
+    return chosen;
+  }
+
+  /**
+   * Builds an HTTP response with a plain-text body, to reject the handshake
+   * or answer a plain HTTP request (`Connection: close`).
+   */
+  reject(statusCode: number, text: string): Response {
+    const body = textEncoder.encode(text);
+    const headers = new Headers();
+    headers.append("Date", new Date().toUTCString());
+    headers.append("Connection", "close");
+    headers.append("Content-Length", String(body.length));
+    headers.append("Content-Type", "text/plain; charset=utf-8");
+    if (this.#options.serverHeader !== undefined) {
+      headers.append("Server", this.#options.serverHeader);
+    }
+    return new Response(statusCode, STATUS_PHRASES[statusCode] ?? "Error", headers, body);
+  }
+
+  /**
+   * Queues the handshake response. A 101 response opens the connection;
+   * anything else ends it: the transport is closed after the response.
+   */
+  sendResponse(response: Response): void {
+    if (this.state !== State.CONNECTING || this.response !== undefined) {
+      throw new InvalidState(`cannot send a handshake response in state ${stateName(this.state)}`);
+    }
+    this.response = response;
+    this.logger?.debug(`> HTTP/1.1 ${response.statusCode} ${response.reasonPhrase}`);
+    this.pushOutput(response.serialize());
+    if (response.statusCode === 101) {
+      this.reader = new FrameReader({
+        mask: true,
+        maxSize: this.maxSize,
+        allowedRsv: this.extensions.reduce((bits, extension) => bits | extension.rsvBits, 0),
+      });
+      this.setState(State.OPEN);
+      const pending = this.#pending;
+      this.#pending = [];
+      for (const chunk of pending) {
+        if (this.eofReceived) break;
+        this.receiveData(chunk);
+      }
+    } else {
+      this.handshakeError ??= response.exception ??
+        new InvalidHandshake(`handshake rejected with HTTP ${response.statusCode}`);
+      this.sendEof();
+      this.startDiscarding();
+    }
+  }
+}
