@@ -9,6 +9,7 @@
  * │   └── ConnectionClosedError
  * ├── InvalidURI
  * ├── InvalidHandshake
+ * │   ├── HandshakeTimeout
  * │   ├── SecurityError
  * │   ├── InvalidMessage
  * │   ├── InvalidStatus
@@ -187,6 +188,25 @@ export class InvalidURI extends WebSocketError {
  * ```
  */
 export class InvalidHandshake extends WebSocketError {}
+
+/**
+ * Raised when the opening handshake doesn't complete within `openTimeout`.
+ *
+ * @example
+ * ```ts
+ * import { HandshakeTimeout } from "@denows/websockets/errors";
+ * console.log(new HandshakeTimeout(10_000).message); // opening handshake timed out after 10000 ms (openTimeout)
+ * ```
+ */
+export class HandshakeTimeout extends InvalidHandshake {
+  /** The limit that applied, in ms. */
+  readonly timeout: number;
+  /** Creates the error for the `openTimeout` that expired. */
+  constructor(timeout: number) {
+    super(`opening handshake timed out after ${timeout} ms (openTimeout)`);
+    this.timeout = timeout;
+  }
+}
 
 /**
  * Raised when a handshake request or response breaks a security rule: too

@@ -1,0 +1,353 @@
+/**
+ * {@linkcode connect}: open a WebSocket client connection over
+ * `Deno.connect` (`ws:`), `Deno.connectTls` (`wss:`), a Unix socket or a
+ * transport you already have. `await connect(uri)` opens one connection;
+ * `for await (const ws of connect(uri))` reconnects with exponential backoff.
+ *
+ * @example
+ * ```ts ignore
+ * import { connect } from "@denows/websockets";
+ * await using ws = await connect("ws://127.0.0.1:8765/");
+ * await ws.send("Hello world!");
+ * console.log(await ws.recv());
+ * ```
+ *
+ * @module
+ */
+
+import {
+  type ConnectionOptions,
+  DEFAULTS,
+  StreamConnection,
+  type Transport,
+} from "./connection.ts";
+import {
+  HandshakeTimeout,
+  InvalidHandshake,
+  InvalidStatus,
+  InvalidURI,
+  SecurityError,
+} from "./errors.ts";
+import type { ClientExtensionFactory } from "./extensions.ts";
+import type { Headers } from "./headers.ts";
+import type { HttpLimits } from "./http11.ts";
+import { defaultClientExtensions } from "./permessage_deflate.ts";
+import { ClientProtocol } from "./protocol.ts";
+import { parseUri, type WebSocketURI } from "./uri.ts";
+
+/** The `User-Agent` header sent by default. */
+export const USER_AGENT: string = `Deno/${
+  typeof Deno !== "undefined" ? Deno.version.deno : "unknown"
+} @denows/websockets/0.1.0`;
+
+/** Options of the reconnection loop of {@linkcode connect}. */
+export interface BackoffOptions {
+  /** First delay before reconnecting, in ms. Default 1 000. */
+  initialDelay?: number;
+  /** Multiplier applied after each failed attempt. Default 1.618. */
+  factor?: number;
+  /** Longest delay, in ms. Default 60 000. */
+  maxDelay?: number;
+}
+
+/** Options of {@linkcode connect}; every limit has a default, see the README. */
+export interface ConnectOptions extends ConnectionOptions {
+  /** Value of the `Origin` header. */
+  origin?: string;
+  /** Subprotocols to offer, in order of preference. */
+  subprotocols?: string[];
+  /** Extensions to offer; replaces the ones `compression` would add. */
+  extensions?: ClientExtensionFactory[];
+  /** `"deflate"` (default) offers permessage-deflate; `null` disables compression. */
+  compression?: "deflate" | null;
+  /** Extra request headers. */
+  additionalHeaders?: Headers | Record<string, string> | Iterable<[string, string]>;
+  /** Value of the `User-Agent` header; `null` leaves it out. Default {@linkcode USER_AGENT}. */
+  userAgentHeader?: string | null;
+  /** Time allowed for connecting and the whole opening handshake, in ms. Default 10 000. */
+  openTimeout?: number;
+  /** Aborts connecting (and stops the reconnection loop). */
+  signal?: AbortSignal;
+  /** Extra CA certificates (PEM) trusted for `wss:`. */
+  caCerts?: string[];
+  /** Connect to this Unix socket path instead of the URI's host and port. */
+  unix?: string;
+  /** Use this already connected transport (e.g. a `Deno.Conn`) instead of connecting. */
+  sock?: Transport;
+  /** Redirects followed at most. Default 10. */
+  maxRedirects?: number;
+  /** Limits of the handshake response: header count, line length, body size. */
+  httpLimits?: HttpLimits;
+  /** Delays of the reconnection loop (`for await … of connect()`). */
+  backoff?: BackoffOptions;
+}
+
+const REDIRECT_CODES = new Set([301, 302, 303, 307, 308]);
+
+function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal!.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/**
+ * Whether a failed connection attempt is worth retrying: refused, reset or
+ * timed out connections, handshakes cut short, and 5xx answers. 4xx answers,
+ * bad URIs and security errors are not.
+ */
+export function isTransientError(error: unknown): boolean {
+  if (error instanceof InvalidStatus) return error.response.statusCode >= 500;
+  if (error instanceof HandshakeTimeout) return true;
+  if (error instanceof SecurityError || error instanceof InvalidURI) return false;
+  if (error instanceof InvalidHandshake) {
+    return /connection closed|closed before/.test(error.message);
+  }
+  if (typeof Deno !== "undefined" && error instanceof Error) {
+    const errors = Deno.errors;
+    return error instanceof errors.ConnectionRefused || error instanceof errors.ConnectionReset ||
+      error instanceof errors.ConnectionAborted || error instanceof errors.TimedOut ||
+      error instanceof errors.NotConnected || error instanceof errors.BrokenPipe ||
+      error instanceof errors.UnexpectedEof;
+  }
+  return false;
+}
+
+async function openTransport(uri: WebSocketURI, options: ConnectOptions): Promise<Transport> {
+  if (options.sock !== undefined) return options.sock;
+  if (options.unix !== undefined) {
+    return await Deno.connect({ transport: "unix", path: options.unix });
+  }
+  const hostname = uri.host;
+  if (uri.secure) {
+    return await Deno.connectTls({ hostname, port: uri.port, caCerts: options.caCerts });
+  }
+  const conn = await Deno.connect({ hostname, port: uri.port });
+  conn.setNoDelay(true);
+  return conn;
+}
+
+/** One connection attempt: transport, handshake, no redirects. */
+async function openOnce(
+  uri: WebSocketURI,
+  options: ConnectOptions,
+  deadline: number,
+): Promise<StreamConnection> {
+  const signal = options.signal;
+  signal?.throwIfAborted();
+  const openTimeout = options.openTimeout ?? DEFAULTS.openTimeout;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let onAbort: (() => void) | undefined;
+  let connection: StreamConnection | undefined;
+  let transport: Transport | undefined;
+  const failure = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new HandshakeTimeout(openTimeout)),
+      Math.max(0, deadline - Date.now()),
+    );
+    if (signal !== undefined) {
+      onAbort = () => reject(signal.reason);
+      signal.addEventListener("abort", onAbort, { once: true });
+    }
+  });
+  try {
+    const opening = openTransport(uri, options);
+    try {
+      transport = await Promise.race([opening, failure]);
+    } catch (error) {
+      // A transport that opens after the deadline or the abort is closed at once.
+      opening.then((late) => late.close(), () => {});
+      throw error;
+    }
+    const extensions = options.extensions ??
+      (options.compression === null ? [] : defaultClientExtensions());
+    const protocol = new ClientProtocol(uri, {
+      origin: options.origin,
+      extensions,
+      subprotocols: options.subprotocols,
+      additionalHeaders: options.additionalHeaders,
+      userAgentHeader: options.userAgentHeader === null
+        ? undefined
+        : (options.userAgentHeader ?? USER_AGENT),
+      maxSize: options.maxSize,
+      httpLimits: options.httpLimits,
+      logger: options.logger,
+    });
+    protocol.sendRequest(protocol.connect());
+    connection = new StreamConnection(protocol, transport, options);
+    connection.start();
+    connection.flushSoon();
+    await Promise.race([connection.handshake, failure]);
+    return connection;
+  } catch (error) {
+    if (connection !== undefined) {
+      connection.transport.close();
+      await connection.closed;
+    } else if (transport !== undefined) {
+      try {
+        transport.close();
+      } catch {
+        // already closed
+      }
+    }
+    throw error;
+  } finally {
+    clearTimeout(timer);
+    if (onAbort !== undefined) signal?.removeEventListener("abort", onAbort);
+    failure.catch(() => {});
+  }
+}
+
+async function openWithRedirects(
+  uriString: string,
+  options: ConnectOptions,
+): Promise<StreamConnection> {
+  let uri = parseUri(uriString);
+  const maxRedirects = options.maxRedirects ?? 10;
+  const deadline = Date.now() + (options.openTimeout ?? DEFAULTS.openTimeout);
+  for (let redirects = 0;; redirects++) {
+    try {
+      return await openOnce(uri, options, deadline);
+    } catch (error) {
+      if (
+        !(error instanceof InvalidStatus) || !REDIRECT_CODES.has(error.response.statusCode) ||
+        options.sock !== undefined || options.unix !== undefined
+      ) {
+        throw error;
+      }
+      const location = error.response.headers.get("Location");
+      if (location === undefined) throw error;
+      if (redirects >= maxRedirects) {
+        throw new SecurityError(`too many redirects: limit is ${maxRedirects}`);
+      }
+      const base = `${uri.secure ? "https" : "http"}://${
+        uri.host.includes(":") ? `[${uri.host}]` : uri.host
+      }:${uri.port}${uri.resourceName}`;
+      let target: string;
+      try {
+        const resolved = new URL(location, base);
+        const scheme = resolved.protocol === "https:" || resolved.protocol === "wss:"
+          ? "wss:"
+          : resolved.protocol === "http:" || resolved.protocol === "ws:"
+          ? "ws:"
+          : resolved.protocol;
+        target = scheme + resolved.href.slice(resolved.protocol.length);
+      } catch {
+        throw new InvalidHandshake(`invalid redirect Location: ${location}`);
+      }
+      const next = parseUri(target);
+      if (uri.secure && !next.secure) {
+        throw new SecurityError(`cannot follow redirect to a non-secure URI: ${target}`);
+      }
+      options.logger?.info(`redirected to ${target}`);
+      uri = next;
+    }
+  }
+}
+
+/**
+ * What {@linkcode connect} returns: await it for one connection, or iterate
+ * it to reconnect whenever the connection is lost.
+ *
+ * @example
+ * ```ts ignore
+ * import { connect } from "@denows/websockets";
+ * for await (const ws of connect("ws://127.0.0.1:8765/")) {
+ *   try {
+ *     for await (const message of ws) console.log(message);
+ *   } catch {
+ *     continue; // connection lost: reconnect
+ *   }
+ * }
+ * ```
+ */
+export class Connect implements PromiseLike<StreamConnection>, AsyncIterable<StreamConnection> {
+  /** The URI to connect to. */
+  readonly uri: string;
+  /** The options given to `connect()`. */
+  readonly options: ConnectOptions;
+  #promise: Promise<StreamConnection> | undefined;
+
+  /** Prepares a connection to `uri`; nothing happens until awaited or iterated. */
+  constructor(uri: string, options: ConnectOptions = {}) {
+    this.uri = uri;
+    this.options = options;
+  }
+
+  /** Opens the connection (once) and settles with it. */
+  then<T1 = StreamConnection, T2 = never>(
+    onFulfilled?: ((value: StreamConnection) => T1 | PromiseLike<T1>) | null,
+    onRejected?: ((reason: unknown) => T2 | PromiseLike<T2>) | null,
+  ): Promise<T1 | T2> {
+    this.#promise ??= openWithRedirects(this.uri, this.options);
+    return this.#promise.then(onFulfilled, onRejected);
+  }
+
+  /**
+   * Yields a new connection each time the previous one is done with,
+   * retrying transient failures (refused, reset, timeouts, 5xx) with
+   * exponential backoff and jitter; stops on other errors (e.g. 4xx) and
+   * when `signal` aborts.
+   */
+  async *[Symbol.asyncIterator](): AsyncGenerator<StreamConnection, void, undefined> {
+    const backoff = this.options.backoff ?? {};
+    const initialDelay = backoff.initialDelay ?? 1000;
+    const factor = backoff.factor ?? 1.618;
+    const maxDelay = backoff.maxDelay ?? 60_000;
+    const signal = this.options.signal;
+    let delay = initialDelay;
+    while (!signal?.aborted) {
+      let connection: StreamConnection;
+      try {
+        connection = await openWithRedirects(this.uri, this.options);
+      } catch (error) {
+        if (signal?.aborted) return;
+        if (!isTransientError(error)) throw error;
+        this.options.logger?.info(`connect failed (${error}); retrying in ${Math.round(delay)} ms`);
+        try {
+          await sleep(delay * (0.5 + Math.random() * 0.5), signal);
+        } catch {
+          return;
+        }
+        delay = Math.min(delay * factor, maxDelay);
+        continue;
+      }
+      delay = initialDelay;
+      yield connection;
+    }
+  }
+}
+
+/**
+ * Opens a WebSocket connection to `uri` (`ws:` or `wss:`): `await
+ * connect(uri)` resolves to a {@linkcode StreamConnection} once the opening
+ * handshake succeeded, bounded by `openTimeout`. Redirects (301, 302, 303,
+ * 307, 308) are followed up to `maxRedirects`, never from `wss:` to `ws:`;
+ * other answers throw `InvalidStatus` holding the response.
+ *
+ * `for await (const ws of connect(uri))` reconnects with exponential backoff
+ * on transient errors.
+ *
+ * @example
+ * ```ts ignore
+ * import { connect } from "@denows/websockets";
+ * const ws = await connect("ws://127.0.0.1:8765/", { subprotocols: ["chat"], openTimeout: 5_000 });
+ * await ws.send("hello");
+ * console.log(await ws.recv(), ws.subprotocol);
+ * await ws.close();
+ * ```
+ */
+export function connect(uri: string, options: ConnectOptions = {}): Connect {
+  return new Connect(uri, options);
+}

@@ -1,0 +1,1248 @@
+/**
+ * {@linkcode Connection}: one WebSocket connection, whichever side opened
+ * it, with one interface and two implementations: {@linkcode StreamConnection}
+ * (this module: the sans-I/O protocol over a byte transport such as a
+ * `Deno.Conn`) and the adapter over the platform `WebSocket` in `deploy.ts`.
+ *
+ * @example
+ * ```ts ignore
+ * import { connect } from "@denows/websockets";
+ * const ws = await connect("ws://127.0.0.1:8765/");
+ * await ws.send("hello");
+ * console.log(await ws.recv());
+ * await ws.close();
+ * ```
+ *
+ * @module
+ */
+
+import {
+  ConcurrencyError,
+  ConnectionClosed,
+  ConnectionClosedError,
+  ConnectionClosedOK,
+  InvalidState,
+} from "./errors.ts";
+import type { EncodeOptions, Extension } from "./extensions.ts";
+import { type Close, CloseCode, Frame, Opcode } from "./frames.ts";
+import type { Request, Response } from "./http11.ts";
+import { type Logger, type Protocol, type ProtocolEvent, State, stateName } from "./protocol.ts";
+
+export { State };
+export type { Logger };
+
+/**
+ * A message: `string` for Text, `Uint8Array` for Binary.
+ *
+ * @example
+ * ```ts
+ * import type { Message } from "@denows/websockets";
+ * const message: Message = new Uint8Array([1, 2, 3]);
+ * console.log(typeof message === "string" ? "text" : "binary"); // binary
+ * ```
+ */
+export type Message = string | Uint8Array;
+
+/**
+ * What {@linkcode Connection.prototype.send} accepts: a string (Text), bytes
+ * (Binary: `Uint8Array`, `ArrayBuffer`, any `ArrayBufferView`), or an
+ * iterable / async iterable of strings or of bytes, sent as one fragmented
+ * message, one frame per item.
+ *
+ * @example
+ * ```ts
+ * import type { Sendable } from "@denows/websockets";
+ * const fragments: Sendable = ["Hel", "lo"];
+ * console.log(Array.isArray(fragments)); // true
+ * ```
+ */
+export type Sendable =
+  | string
+  | BinaryData
+  | Iterable<string | BinaryData>
+  | AsyncIterable<string | BinaryData>;
+
+/**
+ * Bytes in any of their usual forms: `Uint8Array` (and Node's `Buffer`),
+ * `ArrayBuffer`, `SharedArrayBuffer`, `DataView` or any other
+ * `ArrayBufferView` (a `BufferSource`, whatever buffer backs it).
+ *
+ * @example
+ * ```ts
+ * import type { BinaryData } from "@denows/websockets";
+ * const data: BinaryData = new DataView(new ArrayBuffer(4));
+ * console.log(data.byteLength); // 4
+ * ```
+ */
+export type BinaryData = ArrayBuffer | SharedArrayBuffer | ArrayBufferView;
+
+/** Options of {@linkcode Connection.prototype.send}. */
+export interface SendOptions {
+  /** `false` sends this message uncompressed even when compression was negotiated. */
+  compress?: boolean;
+}
+
+/** Options of {@linkcode Connection.prototype.recv}. */
+export interface RecvOptions {
+  /** Aborts the wait (the message, if one arrives later, stays queued). */
+  signal?: AbortSignal;
+}
+
+/**
+ * How a connection ended, the value of {@linkcode Connection.prototype.closed}.
+ *
+ * @example
+ * ```ts
+ * import type { CloseResult } from "@denows/websockets";
+ * const result: CloseResult = { code: 1000, reason: "", wasClean: true };
+ * console.log(result.code); // 1000
+ * ```
+ */
+export interface CloseResult {
+  /** The close code received, 1005 for an empty close frame, 1006 when none was received. */
+  code: number;
+  /** The close reason received. */
+  reason: string;
+  /** Whether the closing handshake completed (close frames exchanged). */
+  wasClean: boolean;
+  /** The close frame received, if any. */
+  rcvd?: Close;
+  /** The close frame sent, if any. */
+  sent?: Close;
+  /** The error that ended the connection, when it ended with one. */
+  error?: Error;
+}
+
+/** Options shared by every connection: limits, timeouts, logging. */
+export interface ConnectionOptions {
+  /** Interval between keepalive pings in ms; `null` disables keepalive. Default 20 000. */
+  pingInterval?: number | null;
+  /** Time to wait for the pong of a keepalive ping in ms; `null` waits forever. Default 20 000. */
+  pingTimeout?: number | null;
+  /** Time to wait for the closing handshake and the TCP close, in ms. Default 10 000. */
+  closeTimeout?: number;
+  /** Largest incoming message, after decompression, in bytes; `Infinity` disables it. Default 1 MiB. */
+  maxSize?: number;
+  /** Received messages buffered before reading from the socket pauses. Default 16. */
+  maxQueue?: number;
+  /** High-water mark of the outgoing buffer, in bytes, that `send()` waits under. Default 32 KiB. */
+  writeLimit?: number;
+  /** Where logs go; default: nowhere. */
+  logger?: Logger;
+}
+
+/** The defaults of {@linkcode ConnectionOptions}, in one place. */
+export const DEFAULTS: {
+  readonly openTimeout: number;
+  readonly pingInterval: number;
+  readonly pingTimeout: number;
+  readonly closeTimeout: number;
+  readonly maxSize: number;
+  readonly maxQueue: number;
+  readonly writeLimit: number;
+} = {
+  openTimeout: 10_000,
+  pingInterval: 20_000,
+  pingTimeout: 20_000,
+  closeTimeout: 10_000,
+  maxSize: 1024 * 1024,
+  maxQueue: 16,
+  writeLimit: 32 * 1024,
+};
+
+let nextId = 1;
+
+/**
+ * A `Uint8Array` view of `data` (no copy), or `TypeError` when `data` isn't
+ * bytes.
+ *
+ * @example
+ * ```ts
+ * import { toBytes } from "@denows/websockets";
+ * console.log(toBytes(new Uint16Array([1])).length); // 2
+ * ```
+ */
+export function toBytes(data: BinaryData): Uint8Array {
+  if (data instanceof Uint8Array) return data;
+  if (ArrayBuffer.isView(data)) {
+    return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  }
+  if (isBytes(data)) return new Uint8Array(data as ArrayBuffer);
+  throw new TypeError(`Cannot send: unsupported message type ${describeType(data)}`);
+}
+
+function describeType(value: unknown): string {
+  if (value === null) return "null";
+  if (typeof value === "object") return (value as object).constructor?.name ?? "object";
+  return typeof value;
+}
+
+/**
+ * Whether `value` is bytes that `send()` and `broadcast()` accept.
+ *
+ * @example
+ * ```ts
+ * import { isBytes } from "@denows/websockets";
+ * console.log(isBytes(new ArrayBuffer(1)), isBytes("text")); // true false
+ * ```
+ */
+export function isBytes(value: unknown): value is BinaryData {
+  return value instanceof ArrayBuffer || ArrayBuffer.isView(value) ||
+    (typeof SharedArrayBuffer !== "undefined" && value instanceof SharedArrayBuffer);
+}
+
+interface Waiter<T> {
+  resolve(value: T): void;
+  reject(error: unknown): void;
+}
+
+/**
+ * One WebSocket connection, client or server side: the interface that
+ * `connect()`, `serve()`, `accept()` / `handler()` (Deno.serve / Deploy)
+ * give you, and that `broadcast()` works on.
+ *
+ * - Receive with `recv()`, `for await (const message of connection)` (ends
+ *   quietly on close 1000/1001, throws `ConnectionClosedError` otherwise) or
+ *   the `readable` stream. Messages received before the close are always
+ *   delivered.
+ * - Send with `send()`: a string goes as Text, bytes as Binary, an iterable
+ *   or async iterable as one fragmented message. `send()` resolves once the
+ *   outgoing buffer is under `writeLimit`.
+ * - `ping()` resolves to the round-trip time in ms; `close()` runs the
+ *   closing handshake, bounded by `closeTimeout`; `closed` resolves with how
+ *   the connection ended.
+ *
+ * @example
+ * ```ts ignore
+ * import { type Connection, serve } from "@denows/websockets";
+ * async function echo(connection: Connection): Promise<void> {
+ *   for await (const message of connection) await connection.send(message);
+ * }
+ * serve(echo, { port: 8765 });
+ * ```
+ */
+export abstract class Connection implements AsyncIterable<Message>, AsyncDisposable {
+  /** A number unique to this connection in this process, for logs. */
+  readonly id: number = nextId++;
+  /** The last round-trip time measured by `ping()` or keepalive, in ms (0 before any). */
+  latency: number = 0;
+
+  /** Largest incoming message in bytes. */
+  readonly maxSize: number;
+  /** Received messages buffered before reading pauses. */
+  readonly maxQueue: number;
+  /** High-water mark of the outgoing buffer that `send()` waits under. */
+  readonly writeLimit: number;
+  /** Time allowed for the closing handshake, in ms. */
+  readonly closeTimeout: number;
+  /** Interval between keepalive pings in ms, or `null`. */
+  readonly pingInterval: number | null;
+  /** Time allowed for a keepalive pong in ms, or `null`. */
+  readonly pingTimeout: number | null;
+  protected readonly logger: Logger | undefined;
+
+  #messages: Message[] = [];
+  #messagesHead = 0;
+  #recvWaiters: Waiter<Message>[] = [];
+  #queueSpaceWaiter: (() => void) | undefined;
+  #closedError: ConnectionClosed | undefined;
+  #closedResolve!: (result: CloseResult) => void;
+  #closedResult: CloseResult | undefined;
+  /** Resolves with how the connection ended; never rejects. */
+  readonly closed: Promise<CloseResult>;
+  #sendLock: Promise<void> | undefined;
+  #pings = new Map<
+    string,
+    { sentAt: number; resolve(ms: number): void; reject(error: unknown): void }
+  >();
+  #keepaliveTimer: ReturnType<typeof setTimeout> | undefined;
+
+  /** Sets the limits; see {@linkcode ConnectionOptions}. */
+  constructor(options: ConnectionOptions = {}) {
+    this.maxSize = options.maxSize ?? DEFAULTS.maxSize;
+    this.maxQueue = options.maxQueue ?? DEFAULTS.maxQueue;
+    this.writeLimit = options.writeLimit ?? DEFAULTS.writeLimit;
+    this.closeTimeout = options.closeTimeout ?? DEFAULTS.closeTimeout;
+    this.pingInterval = options.pingInterval === undefined
+      ? DEFAULTS.pingInterval
+      : options.pingInterval;
+    this.pingTimeout = options.pingTimeout === undefined
+      ? DEFAULTS.pingTimeout
+      : options.pingTimeout;
+    this.logger = options.logger;
+    if (!(this.maxQueue >= 1)) {
+      throw new RangeError(`maxQueue must be at least 1, got ${this.maxQueue}`);
+    }
+    if (!(this.maxSize >= 0)) {
+      throw new RangeError(`maxSize must be a positive number, got ${this.maxSize}`);
+    }
+    this.closed = new Promise((resolve) => (this.#closedResolve = resolve));
+  }
+
+  // ---- State, implemented by each transport ----
+
+  /** The connection state: CONNECTING (0), OPEN (1), CLOSING (2) or CLOSED (3). */
+  abstract get state(): State;
+  /** Bytes queued for sending and not yet handed to the network. */
+  abstract get bufferedAmount(): number;
+  /** The subprotocol negotiated during the handshake, if any. */
+  abstract get subprotocol(): string | undefined;
+  /** The extensions negotiated during the handshake. */
+  abstract get extensions(): readonly Extension[];
+  /** The handshake request (what the client sent). */
+  abstract get request(): Request | undefined;
+  /** The handshake response (what the server sent). */
+  abstract get response(): Response | undefined;
+  /** The local address, when the transport has one. */
+  abstract get localAddr(): Deno.Addr | undefined;
+  /** The remote address, when the transport has one. */
+  abstract get remoteAddr(): Deno.Addr | undefined;
+
+  /** The same as `state`, named like the browser's `WebSocket.readyState`. */
+  get readyState(): State {
+    return this.state;
+  }
+
+  /** Whether the connection is in the middle of sending a fragmented message. */
+  abstract get sendingFragmented(): boolean;
+
+  /** Queues one frame of a message; returns after queueing (no waiting). */
+  protected abstract sendFrame(
+    kind: "text" | "binary" | "continuation",
+    data: string | Uint8Array,
+    fin: boolean,
+    options: EncodeOptions | undefined,
+  ): void;
+  /** Waits until the outgoing buffer is under `writeLimit`, or throws when the connection closes. */
+  protected abstract drain(): Promise<void>;
+  /** Sends a ping frame. */
+  protected abstract sendPingFrame(data: Uint8Array): void;
+  /** Sends a pong frame. */
+  protected abstract sendPongFrame(data: Uint8Array): void;
+  /** Starts the closing handshake and waits until the connection is closed (bounded by closeTimeout). */
+  protected abstract closeTransport(code: number, reason: string): Promise<void>;
+  /** Fails the connection with `code` (e.g. 1011 on keepalive timeout). */
+  protected abstract failTransport(code: number, reason: string): void;
+  /** The error to raise when the connection is closed. */
+  protected abstract makeCloseError(): ConnectionClosed;
+
+  // ---- Receiving ----
+
+  /** Called by implementations for each message received. */
+  protected deliver(message: Message): void {
+    const waiter = this.#recvWaiters.shift();
+    if (waiter !== undefined) {
+      waiter.resolve(message);
+      return;
+    }
+    this.#messages.push(message);
+  }
+
+  /** Number of received messages waiting to be read. */
+  get messagesQueued(): number {
+    return this.#messages.length - this.#messagesHead;
+  }
+
+  /** Whether reading from the network should pause: `maxQueue` messages wait unread. */
+  protected get queueFull(): boolean {
+    return this.messagesQueued >= this.maxQueue;
+  }
+
+  /** Resolves once there is room in the message queue. */
+  protected waitForQueueSpace(): Promise<void> {
+    if (!this.queueFull || this.#closedResult !== undefined) return Promise.resolve();
+    return new Promise((resolve) => (this.#queueSpaceWaiter = resolve));
+  }
+
+  #takeMessage(): Message {
+    const message = this.#messages[this.#messagesHead];
+    (this.#messages as (Message | undefined)[])[this.#messagesHead] = undefined;
+    this.#messagesHead++;
+    if (this.#messagesHead === this.#messages.length) {
+      this.#messages = [];
+      this.#messagesHead = 0;
+    } else if (this.#messagesHead > 1024 && this.#messagesHead * 2 > this.#messages.length) {
+      this.#messages = this.#messages.slice(this.#messagesHead);
+      this.#messagesHead = 0;
+    }
+    const waiter = this.#queueSpaceWaiter;
+    if (waiter !== undefined && !this.queueFull) {
+      this.#queueSpaceWaiter = undefined;
+      waiter();
+    }
+    return message;
+  }
+
+  /**
+   * Receives the next message: a `string` for Text, a `Uint8Array` for
+   * Binary. Messages already received are returned even after the
+   * connection closed; then it throws `ConnectionClosedOK` or
+   * `ConnectionClosedError`, carrying the close frames. `signal` aborts the
+   * wait with its reason.
+   */
+  recv(options?: RecvOptions): Promise<Message> {
+    if (this.messagesQueued !== 0) return Promise.resolve(this.#takeMessage());
+    if (this.#closedError !== undefined) return Promise.reject(this.#closedError);
+    const signal = options?.signal;
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    return new Promise<Message>((resolve, reject) => {
+      const waiter: Waiter<Message> = { resolve, reject };
+      if (signal !== undefined) {
+        const onAbort = () => {
+          const index = this.#recvWaiters.indexOf(waiter);
+          if (index !== -1) this.#recvWaiters.splice(index, 1);
+          reject(signal.reason);
+        };
+        signal.addEventListener("abort", onAbort, { once: true });
+        waiter.resolve = (message) => {
+          signal.removeEventListener("abort", onAbort);
+          resolve(message);
+        };
+        waiter.reject = (error) => {
+          signal.removeEventListener("abort", onAbort);
+          reject(error);
+        };
+      }
+      this.#recvWaiters.push(waiter);
+    });
+  }
+
+  /**
+   * Iterates over incoming messages until the connection closes: the loop
+   * ends quietly on a normal closure (1000, 1001, or no status) and throws
+   * `ConnectionClosedError` otherwise.
+   */
+  [Symbol.asyncIterator](): AsyncIterator<Message> {
+    return {
+      next: async (): Promise<IteratorResult<Message>> => {
+        try {
+          return { value: await this.recv(), done: false };
+        } catch (error) {
+          if (error instanceof ConnectionClosedOK) return { value: undefined, done: true };
+          throw error;
+        }
+      },
+      return: (): Promise<IteratorResult<Message>> => {
+        return Promise.resolve({ value: undefined, done: true });
+      },
+    };
+  }
+
+  /** Incoming messages as a `ReadableStream`; it closes on a normal closure and errors otherwise. */
+  get readable(): ReadableStream<Message> {
+    const iterator = this[Symbol.asyncIterator]();
+    return new ReadableStream<Message>({
+      pull: async (controller) => {
+        const result = await iterator.next();
+        if (result.done) controller.close();
+        else controller.enqueue(result.value);
+      },
+    }, { highWaterMark: 0 });
+  }
+
+  /** Outgoing messages as a `WritableStream`: each chunk is `send()`; closing the stream closes the connection. */
+  get writable(): WritableStream<Message> {
+    return new WritableStream<Message>({
+      write: (message) => this.send(message),
+      close: () => this.close(),
+      abort: () => this.close(CloseCode.GOING_AWAY),
+    }, { highWaterMark: 1 });
+  }
+
+  /**
+   * Called by implementations once the connection is closed: wakes every
+   * waiter with the close error and resolves `closed`.
+   */
+  protected terminate(result: CloseResult): void {
+    if (this.#closedResult !== undefined) return;
+    this.#closedResult = result;
+    this.stopKeepalive();
+    const error = this.makeCloseError();
+    this.#closedError = error;
+    for (const waiter of this.#recvWaiters.splice(0)) waiter.reject(error);
+    for (const ping of this.#pings.values()) ping.reject(error);
+    this.#pings.clear();
+    const waiter = this.#queueSpaceWaiter;
+    this.#queueSpaceWaiter = undefined;
+    waiter?.();
+    this.logger?.info(`connection ${this.id} closed: ${error.message}`);
+    this.#closedResolve(result);
+  }
+
+  /** The error describing the close, once closed. */
+  protected get closedError(): ConnectionClosed | undefined {
+    return this.#closedError;
+  }
+
+  // ---- Sending ----
+
+  /**
+   * Sends a message: a string as Text, bytes (`Uint8Array`, `ArrayBuffer`,
+   * any `ArrayBufferView`) as Binary, an iterable or async iterable (of
+   * strings, or of bytes, not both) as one fragmented message.
+   *
+   * Resolves once the outgoing buffer is under `writeLimit`. Throws
+   * `ConnectionClosed` when the connection is closing or closed, and
+   * `TypeError` for an unsupported message type.
+   */
+  async send(message: Sendable, options?: SendOptions): Promise<void> {
+    while (this.#sendLock !== undefined) await this.#sendLock;
+    this.checkOpen();
+    if (typeof message === "string") {
+      this.sendFrame("text", message, true, options);
+    } else if (isBytes(message)) {
+      this.sendFrame("binary", toBytes(message), true, options);
+    } else if (
+      message !== null && typeof message === "object" &&
+      (Symbol.iterator in message || Symbol.asyncIterator in message)
+    ) {
+      await this.#sendFragments(message, options);
+      return;
+    } else {
+      throw new TypeError(`Cannot send: unsupported message type ${describeType(message)}`);
+    }
+    await this.drain();
+  }
+
+  async #sendFragments(
+    fragments: Iterable<string | BinaryData> | AsyncIterable<string | BinaryData>,
+    options: SendOptions | undefined,
+  ): Promise<void> {
+    let release!: () => void;
+    this.#sendLock = new Promise((resolve) => (release = resolve));
+    try {
+      const iterator = Symbol.asyncIterator in fragments
+        ? (fragments as AsyncIterable<string | BinaryData>)[Symbol.asyncIterator]()
+        : (fragments as Iterable<string | BinaryData>)[Symbol.iterator]();
+      let kind: "text" | "binary" | undefined;
+      let previous: string | Uint8Array | undefined;
+      while (true) {
+        const result = await iterator.next();
+        if (result.done) break;
+        const fragment = result.value;
+        const fragmentKind = typeof fragment === "string"
+          ? "text"
+          : isBytes(fragment)
+          ? "binary"
+          : undefined;
+        if (fragmentKind === undefined) {
+          throw new TypeError(`Cannot send: unsupported fragment type ${describeType(fragment)}`);
+        }
+        if (kind === undefined) kind = fragmentKind;
+        else if (kind !== fragmentKind) {
+          throw new TypeError("Cannot send: all fragments must be of the same type");
+        }
+        const data = typeof fragment === "string" ? fragment : toBytes(fragment);
+        // Each fragment is sent once the next one is known, so the last goes with fin.
+        if (previous !== undefined) {
+          this.checkOpen();
+          this.sendFrame(this.sendingFragmented ? "continuation" : kind, previous, false, options);
+          await this.drain();
+        }
+        previous = data;
+      }
+      if (kind === undefined) {
+        // An empty iterable sends nothing, like Python websockets.
+        return;
+      }
+      this.checkOpen();
+      this.sendFrame(this.sendingFragmented ? "continuation" : kind, previous!, true, options);
+    } catch (error) {
+      // A fragmented message can't be left half-sent: fail the connection.
+      if (this.sendingFragmented && this.state === State.OPEN) {
+        this.failTransport(CloseCode.INTERNAL_ERROR, "error while sending a fragmented message");
+      }
+      throw error;
+    } finally {
+      this.#sendLock = undefined;
+      release();
+    }
+    await this.drain();
+  }
+
+  /** Throws the close error unless the connection is OPEN. */
+  protected checkOpen(): void {
+    const state = this.state;
+    if (state === State.OPEN) return;
+    if (state === State.CONNECTING) {
+      throw new InvalidState(`Cannot send: the connection is ${stateName(state)}`);
+    }
+    throw this.#closedError ?? this.makeCloseError();
+  }
+
+  /**
+   * Throws `ConcurrencyError` if a fragmented message is being sent: used
+   * by `broadcast()`, which must not interleave a message into it.
+   */
+  protected checkNotFragmenting(): void {
+    if (this.sendingFragmented || this.#sendLock !== undefined) {
+      throw new ConcurrencyError(
+        `Cannot broadcast: connection ${this.id} is sending a fragmented message`,
+      );
+    }
+  }
+
+  /**
+   * Sends a ping and resolves to the round-trip time in ms when the
+   * matching pong arrives (a pong also acknowledges earlier pings). `data`
+   * defaults to 4 random bytes; at most 125 bytes.
+   */
+  async ping(data?: string | Uint8Array): Promise<number> {
+    this.checkOpen();
+    let payload: Uint8Array;
+    if (data === undefined) {
+      do {
+        payload = crypto.getRandomValues(new Uint8Array(4));
+      } while (this.#pings.has(String(payload)));
+    } else {
+      payload = typeof data === "string" ? new TextEncoder().encode(data) : data.slice();
+      if (this.#pings.has(String(payload))) {
+        throw new ConcurrencyError("Cannot ping: already waiting for a pong with the same data");
+      }
+    }
+    if (payload.length > 125) {
+      throw new RangeError(`Cannot ping: payload is ${payload.length} bytes, the limit is 125`);
+    }
+    const promise = new Promise<number>((resolve, reject) => {
+      this.#pings.set(String(payload), { sentAt: performance.now(), resolve, reject });
+    });
+    this.sendPingFrame(payload);
+    await this.drain();
+    return promise;
+  }
+
+  /** Sends an unsolicited pong (a unidirectional heartbeat). */
+  async pong(data: string | Uint8Array = new Uint8Array(0)): Promise<void> {
+    this.checkOpen();
+    const payload = typeof data === "string" ? new TextEncoder().encode(data) : data;
+    if (payload.length > 125) {
+      throw new RangeError(`Cannot pong: payload is ${payload.length} bytes, the limit is 125`);
+    }
+    this.sendPongFrame(payload);
+    await this.drain();
+  }
+
+  /** Called by implementations when a pong arrives: resolves its ping and every earlier one. */
+  protected acknowledgePings(data: Uint8Array): void {
+    const key = String(data);
+    if (!this.#pings.has(key)) return;
+    const now = performance.now();
+    for (const [pingKey, ping] of this.#pings) {
+      this.#pings.delete(pingKey);
+      const latency = now - ping.sentAt;
+      if (pingKey === key) {
+        this.latency = latency;
+        ping.resolve(latency);
+        break;
+      }
+      ping.resolve(latency);
+    }
+  }
+
+  /** Starts sending keepalive pings every `pingInterval`. */
+  protected startKeepalive(): void {
+    const interval = this.pingInterval;
+    if (interval === null || !(interval > 0)) return;
+    const tick = async () => {
+      this.#keepaliveTimer = undefined;
+      if (this.state !== State.OPEN) return;
+      let timeout: ReturnType<typeof setTimeout> | undefined;
+      try {
+        const pong = this.ping();
+        if (this.pingTimeout !== null) {
+          timeout = setTimeout(() => {
+            if (this.state === State.OPEN) {
+              this.logger?.warn(`connection ${this.id}: keepalive ping timeout`);
+              this.failTransport(CloseCode.INTERNAL_ERROR, "keepalive ping timeout");
+            }
+          }, this.pingTimeout);
+        }
+        await pong;
+      } catch {
+        return; // closed meanwhile
+      } finally {
+        if (timeout !== undefined) clearTimeout(timeout);
+      }
+      if (this.state === State.OPEN && this.#closedResult === undefined) {
+        this.#keepaliveTimer = setTimeout(tick, interval);
+      }
+    };
+    this.#keepaliveTimer = setTimeout(tick, interval);
+  }
+
+  /** Stops keepalive pings. */
+  protected stopKeepalive(): void {
+    if (this.#keepaliveTimer !== undefined) clearTimeout(this.#keepaliveTimer);
+    this.#keepaliveTimer = undefined;
+  }
+
+  /**
+   * Performs the closing handshake with `code` (default 1000) and `reason`
+   * and resolves once the connection is closed, after at most
+   * `closeTimeout` (then the transport is aborted). Idempotent: closing a
+   * closing or closed connection waits for the same end.
+   */
+  async close(code: number = CloseCode.NORMAL_CLOSURE, reason: string = ""): Promise<void> {
+    await this.closeTransport(code, reason);
+  }
+
+  /** Closes the connection with 1001 (going away) when used with `await using`. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close(CloseCode.GOING_AWAY);
+  }
+
+  /** Queues an already-encoded frame shared by a broadcast; see `broadcast()`. */
+  abstract sendShared(frames: SharedFrames): boolean;
+}
+
+/**
+ * A message encoded once for many connections by `broadcast()`: the bytes of
+ * the serialized frame for each encoding key (`""` for connections without
+ * an extension that changes the bytes), computed on demand.
+ *
+ * @example
+ * ```ts
+ * import type { SharedFrames } from "@denows/websockets";
+ * const shared: SharedFrames = { text: true, data: new Uint8Array(0), cache: new Map() };
+ * console.log(shared.text); // true
+ * ```
+ */
+export interface SharedFrames {
+  /** Whether the message is Text (else Binary). */
+  readonly text: boolean;
+  /** The message payload (UTF-8 for Text). */
+  readonly data: Uint8Array;
+  /** Serialized frames, by encoding key. */
+  readonly cache: Map<string, Uint8Array>;
+}
+
+// ---------------------------------------------------------------- Stream transport
+
+/**
+ * A byte transport: what {@linkcode StreamConnection} needs from a socket.
+ * `Deno.Conn` (TCP, TLS, Unix) implements it as is; `fromStreams()` adapts
+ * any pair of Web Streams.
+ *
+ * @example
+ * ```ts ignore
+ * import type { Transport } from "@denows/websockets";
+ * const transport: Transport = await Deno.connect({ hostname: "127.0.0.1", port: 8765 });
+ * ```
+ */
+export interface Transport {
+  /** Reads into `buffer`; resolves to the number of bytes read, or `null` at the end of the stream. */
+  read(buffer: Uint8Array): Promise<number | null>;
+  /** Writes some of `data`; resolves to the number of bytes written. */
+  write(data: Uint8Array): Promise<number>;
+  /** Half-closes: no more writes, reads go on. */
+  closeWrite?(): Promise<void>;
+  /** Closes both directions and releases the transport. */
+  close(): void;
+  /** Local address, if any. */
+  readonly localAddr?: Deno.Addr;
+  /** Remote address, if any. */
+  readonly remoteAddr?: Deno.Addr;
+}
+
+/**
+ * Adapts a pair of Web Streams of bytes (e.g. a `Deno.Conn`'s `readable` and
+ * `writable`, or a `TransformStream` pair in tests) to a {@linkcode Transport}.
+ *
+ * @example
+ * ```ts
+ * import { fromStreams } from "@denows/websockets";
+ * const { readable, writable } = new TransformStream<Uint8Array, Uint8Array>();
+ * const transport = fromStreams({ readable, writable });
+ * await transport.write(new Uint8Array([1, 2, 3]));
+ * const buffer = new Uint8Array(8);
+ * console.log(await transport.read(buffer)); // 3
+ * ```
+ */
+export function fromStreams(
+  streams: { readable: ReadableStream<Uint8Array>; writable: WritableStream<Uint8Array> },
+): Transport {
+  const reader = streams.readable.getReader();
+  const writer = streams.writable.getWriter();
+  let leftover: Uint8Array | undefined;
+  return {
+    async read(buffer: Uint8Array): Promise<number | null> {
+      let chunk = leftover;
+      leftover = undefined;
+      while (chunk === undefined || chunk.length === 0) {
+        const result = await reader.read();
+        if (result.done) return null;
+        chunk = result.value;
+      }
+      const count = Math.min(chunk.length, buffer.length);
+      buffer.set(chunk.subarray(0, count));
+      if (count < chunk.length) leftover = chunk.subarray(count);
+      return count;
+    },
+    async write(data: Uint8Array): Promise<number> {
+      await writer.write(data.slice());
+      return data.length;
+    },
+    async closeWrite(): Promise<void> {
+      await writer.close();
+    },
+    close(): void {
+      reader.cancel().catch(() => {});
+      writer.abort().catch(() => {});
+    },
+  };
+}
+
+/** Options of {@linkcode StreamConnection}: the connection options plus hooks for the handshake. */
+export interface StreamConnectionOptions extends ConnectionOptions {
+  /**
+   * Called for the `request` (server) or `response` (client) event of the
+   * opening handshake, while reading is paused.
+   */
+  onHandshake?: (event: ProtocolEvent, connection: StreamConnection) => void | Promise<void>;
+}
+
+// The read buffer grows while reads fill it and starts small, so an idle
+// connection holds little memory.
+const MIN_READ = 1024;
+const MAX_READ = 256 * 1024;
+
+/**
+ * The sans-I/O protocol over a {@linkcode Transport} (a `Deno.Conn` or Web
+ * Streams): reads big chunks and hands each to the protocol in one call,
+ * coalesces the frames produced while a write is in flight into one write,
+ * pauses reading while `maxQueue` messages wait, runs keepalive and the
+ * closing handshake with its timeouts.
+ *
+ * Made by `connect()` and `serve()`; you rarely construct it yourself.
+ *
+ * @example
+ * ```ts ignore
+ * import { ClientProtocol, parseUri, StreamConnection } from "@denows/websockets";
+ * const conn = await Deno.connect({ hostname: "127.0.0.1", port: 8765 });
+ * const protocol = new ClientProtocol(parseUri("ws://127.0.0.1:8765/"));
+ * const connection = new StreamConnection(protocol, conn);
+ * ```
+ */
+export class StreamConnection extends Connection {
+  /** The sans-I/O state machine this connection runs. */
+  readonly protocol: Protocol;
+  /** The byte transport. */
+  readonly transport: Transport;
+  readonly #onHandshake: StreamConnectionOptions["onHandshake"];
+  #writing = false;
+  #flushScheduled = false;
+  #inflight = 0;
+  #drainWaiters: Waiter<void>[] = [];
+  #transportClosed = false;
+  #readSize = MIN_READ;
+  #slab: Uint8Array = new Uint8Array(0);
+  #closeTimer: ReturnType<typeof setTimeout> | undefined;
+  #readLoop: Promise<void> | undefined;
+  #handshakeSettled = false;
+  #handshakeResolve!: () => void;
+  #handshakeReject!: (error: unknown) => void;
+  /** Resolves when the opening handshake succeeded, rejects with the handshake error. */
+  readonly handshake: Promise<void>;
+
+  /** Wraps `protocol` around `transport`; call `start()` to begin reading. */
+  constructor(protocol: Protocol, transport: Transport, options: StreamConnectionOptions = {}) {
+    super({ ...options, maxSize: protocol.maxSize });
+    this.protocol = protocol;
+    this.transport = transport;
+    this.#onHandshake = options.onHandshake;
+    this.handshake = new Promise((resolve, reject) => {
+      this.#handshakeResolve = resolve;
+      this.#handshakeReject = reject;
+    });
+    this.handshake.catch(() => {});
+  }
+
+  /** Starts the read loop (and, once open, keepalive). */
+  start(): void {
+    this.#readLoop ??= this.#run();
+    if (this.protocol.state === State.OPEN) this.#opened();
+  }
+
+  get state(): State {
+    return this.protocol.state;
+  }
+  get bufferedAmount(): number {
+    return this.protocol.outputLength + this.#inflight;
+  }
+  get subprotocol(): string | undefined {
+    return this.protocol.subprotocol;
+  }
+  get extensions(): readonly Extension[] {
+    return this.protocol.extensions;
+  }
+  get request(): Request | undefined {
+    return (this.protocol as { request?: Request }).request;
+  }
+  get response(): Response | undefined {
+    return (this.protocol as { response?: Response }).response;
+  }
+  get localAddr(): Deno.Addr | undefined {
+    try {
+      return this.transport.localAddr;
+    } catch {
+      return undefined;
+    }
+  }
+  get remoteAddr(): Deno.Addr | undefined {
+    try {
+      return this.transport.remoteAddr;
+    } catch {
+      return undefined;
+    }
+  }
+  get sendingFragmented(): boolean {
+    return this.protocol.sendingFragmented;
+  }
+
+  protected sendFrame(
+    kind: "text" | "binary" | "continuation",
+    data: string | Uint8Array,
+    fin: boolean,
+    options: EncodeOptions | undefined,
+  ): void {
+    const protocol = this.protocol;
+    if (kind === "text") protocol.sendText(data, fin, options);
+    else if (kind === "binary") protocol.sendBinary(data as Uint8Array, fin, options);
+    else protocol.sendContinuation(data, fin);
+    this.flushSoon();
+  }
+
+  protected sendPingFrame(data: Uint8Array): void {
+    this.protocol.sendPing(data);
+    this.flushSoon();
+  }
+
+  protected sendPongFrame(data: Uint8Array): void {
+    this.protocol.sendPong(data);
+    this.flushSoon();
+  }
+
+  sendShared(frames: SharedFrames): boolean {
+    if (this.protocol.state !== State.OPEN) return false;
+    this.checkNotFragmenting();
+    const protocol = this.protocol;
+    if (protocol.isClient) {
+      // Client frames are masked with a fresh key each: no sharing possible.
+      if (frames.text) protocol.sendText(frames.data);
+      else protocol.sendBinary(frames.data);
+    } else {
+      protocol.sendSerialized(encodeShared(frames, protocol.extensions));
+    }
+    this.flushSoon();
+    return true;
+  }
+
+  protected drain(): Promise<void> {
+    if (this.bufferedAmount <= this.writeLimit) {
+      if (this.#transportClosed && this.state !== State.OPEN) {
+        const error = this.closedError;
+        if (error !== undefined) return Promise.reject(error);
+      }
+      return Promise.resolve();
+    }
+    if (this.#transportClosed) return Promise.reject(this.closedError ?? this.makeCloseError());
+    return new Promise((resolve, reject) => this.#drainWaiters.push({ resolve, reject }));
+  }
+
+  protected makeCloseError(): ConnectionClosed {
+    return this.protocol.closeError;
+  }
+
+  /** Schedules a write of everything the protocol produced, coalesced into one write. */
+  flushSoon(): void {
+    if (this.#writing || this.#flushScheduled) return;
+    this.#flushScheduled = true;
+    queueMicrotask(() => {
+      this.#flushScheduled = false;
+      this.#flush();
+    });
+  }
+
+  async #flush(): Promise<void> {
+    if (this.#writing) return;
+    this.#writing = true;
+    try {
+      while (!this.#transportClosed) {
+        const chunks = this.protocol.dataToSend();
+        if (chunks.length === 0) break;
+        let eof = false;
+        let length = 0;
+        let count = 0;
+        for (; count < chunks.length; count++) {
+          if (chunks[count].length === 0) {
+            eof = true;
+            break;
+          }
+          length += chunks[count].length;
+        }
+        if (length !== 0) {
+          let data: Uint8Array;
+          if (count === 1) {
+            data = chunks[0];
+          } else {
+            data = new Uint8Array(length);
+            let offset = 0;
+            for (let i = 0; i < count; i++) {
+              data.set(chunks[i], offset);
+              offset += chunks[i].length;
+            }
+          }
+          this.#inflight = length;
+          await this.#writeAll(data);
+          this.#inflight = 0;
+        }
+        this.#notifyDrain();
+        if (eof) {
+          await this.#endOutput();
+          break;
+        }
+      }
+    } catch (error) {
+      this.logger?.debug(`connection ${this.id}: write failed: ${error}`);
+      this.#inflight = 0;
+      this.#abort();
+    } finally {
+      this.#writing = false;
+    }
+    // Frames queued during the last write and after the loop ended.
+    if (!this.#transportClosed && this.protocol.outputLength !== 0) this.flushSoon();
+  }
+
+  async #writeAll(data: Uint8Array): Promise<void> {
+    let offset = 0;
+    while (offset < data.length) {
+      offset += await this.transport.write(offset === 0 ? data : data.subarray(offset));
+    }
+  }
+
+  #notifyDrain(): void {
+    if (this.#drainWaiters.length === 0 || this.bufferedAmount > this.writeLimit) return;
+    for (const waiter of this.#drainWaiters.splice(0)) waiter.resolve();
+  }
+
+  // The protocol asked to close the transport: half-close, and bound the
+  // wait for the other side's close with closeTimeout.
+  async #endOutput(): Promise<void> {
+    this.#startCloseTimer();
+    if (this.protocol.eofReceived) {
+      this.#abort();
+      return;
+    }
+    try {
+      if (this.transport.closeWrite !== undefined) await this.transport.closeWrite();
+      else this.#abort();
+    } catch {
+      this.#abort();
+    }
+  }
+
+  #startCloseTimer(): void {
+    if (this.#closeTimer !== undefined || this.#transportClosed) return;
+    this.#closeTimer = setTimeout(() => {
+      this.logger?.debug(`connection ${this.id}: close timeout, aborting`);
+      this.#abort();
+    }, this.closeTimeout);
+  }
+
+  #abort(): void {
+    if (this.#transportClosed) return;
+    this.#transportClosed = true;
+    try {
+      this.transport.close();
+    } catch {
+      // already closed
+    }
+  }
+
+  async #read(): Promise<Uint8Array | null> {
+    if (this.#slab.length < MIN_READ) this.#slab = new Uint8Array(this.#readSize);
+    const slab = this.#slab;
+    const count = await this.transport.read(slab);
+    if (count === null) return null;
+    const chunk = slab.subarray(0, count);
+    this.#slab = slab.subarray(count);
+    // Grow the next buffer when reads fill this one, shrink when they don't.
+    if (count === slab.length) this.#readSize = Math.min(this.#readSize * 2, MAX_READ);
+    else if (count < this.#readSize >>> 3) {
+      this.#readSize = Math.max(this.#readSize >>> 1, MIN_READ);
+    }
+    return chunk;
+  }
+
+  async #run(): Promise<void> {
+    const protocol = this.protocol;
+    let error: Error | undefined;
+    try {
+      while (!protocol.eofReceived && !this.#transportClosed) {
+        if (this.queueFull) await this.waitForQueueSpace();
+        let chunk: Uint8Array | null;
+        try {
+          chunk = await this.#read();
+        } catch (readError) {
+          if (this.#transportClosed) break;
+          this.logger?.debug(`connection ${this.id}: read failed: ${readError}`);
+          chunk = null;
+        }
+        if (chunk === null) {
+          protocol.receiveEof();
+        } else {
+          protocol.receiveData(chunk);
+        }
+        await this.#processEvents();
+        if (protocol.outputLength !== 0 || protocol.eofSent) this.flushSoon();
+        if (protocol.closeExpected()) this.#startCloseTimer();
+      }
+    } catch (runError) {
+      error = runError instanceof Error ? runError : new Error(String(runError));
+      this.logger?.error(`connection ${this.id}: unexpected error`, error);
+    } finally {
+      // Let a final write (close frame, response) go out before closing.
+      while (this.#writing) await new Promise((resolve) => setTimeout(resolve, 1));
+      if (!this.#transportClosed && protocol.outputLength !== 0) {
+        this.flushSoon();
+        await new Promise((resolve) => setTimeout(resolve, 0));
+        while (this.#writing) await new Promise((resolve) => setTimeout(resolve, 1));
+      }
+      this.#finish(error);
+    }
+  }
+
+  async #processEvents(): Promise<void> {
+    const events = this.protocol.eventsReceived();
+    for (let i = 0; i < events.length; i++) {
+      const event = events[i];
+      switch (event.type) {
+        case "message":
+          this.deliver(event.data);
+          break;
+        case "pong":
+          this.acknowledgePings(event.data);
+          break;
+        case "ping":
+        case "close":
+          break;
+        default:
+          await this.#handshakeEvent(event);
+      }
+    }
+  }
+
+  async #handshakeEvent(event: ProtocolEvent): Promise<void> {
+    try {
+      await this.#onHandshake?.(event, this);
+    } catch (error) {
+      this.logger?.error(`connection ${this.id}: handshake hook failed`, error);
+      this.#settleHandshake(error);
+      this.#abort();
+      return;
+    }
+    const protocol = this.protocol;
+    if (protocol.state === State.OPEN) {
+      this.#opened();
+    } else if (protocol.handshakeError !== undefined) {
+      this.#settleHandshake(protocol.handshakeError);
+    }
+  }
+
+  #opened(): void {
+    if (this.#handshakeSettled) return;
+    this.#handshakeSettled = true;
+    this.logger?.info(`connection ${this.id} open`);
+    this.#handshakeResolve();
+    this.startKeepalive();
+  }
+
+  #settleHandshake(error: unknown): void {
+    if (this.#handshakeSettled) return;
+    this.#handshakeSettled = true;
+    this.#handshakeReject(error);
+  }
+
+  #finish(error: Error | undefined): void {
+    if (this.#closeTimer !== undefined) clearTimeout(this.#closeTimer);
+    this.#closeTimer = undefined;
+    this.#abort();
+    const protocol = this.protocol;
+    if (protocol.state !== State.CLOSED && !protocol.eofReceived) {
+      try {
+        protocol.receiveEof();
+        protocol.eventsReceived();
+      } catch {
+        // already at EOF
+      }
+    }
+    this.#settleHandshake(
+      protocol.handshakeError ?? error ?? new ConnectionClosedError(undefined, undefined),
+    );
+    const closeError = protocol.closeError;
+    for (const waiter of this.#drainWaiters.splice(0)) waiter.reject(closeError);
+    const rcvd = protocol.closeRcvd, sent = protocol.closeSent;
+    this.terminate({
+      code: rcvd?.code ?? CloseCode.ABNORMAL_CLOSURE,
+      reason: rcvd?.reason ?? "",
+      wasClean: rcvd !== undefined && sent !== undefined,
+      rcvd,
+      sent,
+      error: error ?? protocol.failure ?? protocol.handshakeError,
+    });
+  }
+
+  protected failTransport(code: number, reason: string): void {
+    if (this.protocol.state === State.OPEN) {
+      this.protocol.failConnection(code, reason);
+      this.flushSoon();
+      this.#startCloseTimer();
+    }
+  }
+
+  protected async closeTransport(code: number, reason: string): Promise<void> {
+    const protocol = this.protocol;
+    if (protocol.state === State.CONNECTING) {
+      this.#abort();
+    } else if (protocol.state === State.OPEN) {
+      if (protocol.sendingFragmented) {
+        // The message can't be finished: fail with 1011 rather than corrupt it.
+        protocol.failConnection(CloseCode.INTERNAL_ERROR, "close during a fragmented message");
+      } else {
+        protocol.sendClose(code, reason);
+      }
+      this.flushSoon();
+      this.#startCloseTimer();
+    }
+    await this.closed;
+  }
+}
+
+/**
+ * The bytes of a shared message for connections with these extensions:
+ * encoded once per encoding key, and serialized without a mask.
+ */
+function encodeShared(frames: SharedFrames, extensions: readonly Extension[]): Uint8Array {
+  let key = "";
+  for (const extension of extensions) {
+    if (extension.encodeKey === undefined) {
+      // State carried between messages (e.g. a compression context): encode for this connection alone.
+      return serializeShared(frames, extensions);
+    }
+    key += extension.encodeKey + "\n";
+  }
+  let bytes = frames.cache.get(key);
+  if (bytes === undefined) {
+    bytes = serializeShared(frames, extensions);
+    frames.cache.set(key, bytes);
+  }
+  return bytes;
+}
+
+function serializeShared(frames: SharedFrames, extensions: readonly Extension[]): Uint8Array {
+  let frame = new Frame(frames.text ? Opcode.TEXT : Opcode.BINARY, frames.data);
+  for (const extension of extensions) frame = extension.encode(frame);
+  return frame.serialize({ mask: false });
+}
+
+export { ConnectionClosed, ConnectionClosedError, ConnectionClosedOK };

@@ -1,0 +1,449 @@
+/**
+ * {@linkcode serve}: a WebSocket server over `Deno.listen` (TCP),
+ * `Deno.listenTls` (`tls` option) or a Unix socket. Each connection runs
+ * your handler once its opening handshake succeeded; when the handler
+ * returns the connection is closed.
+ *
+ * @example
+ * ```ts ignore
+ * import { serve } from "@denows/websockets";
+ * const server = serve(async (ws) => {
+ *   for await (const message of ws) await ws.send(message);
+ * }, { hostname: "127.0.0.1", port: 8765 });
+ * console.log(`listening on ws://127.0.0.1:${server.port}`);
+ * ```
+ *
+ * @module
+ */
+
+import {
+  type ConnectionOptions,
+  DEFAULTS,
+  StreamConnection,
+} from "./connection.ts";
+import { HandshakeTimeout, InvalidHandshake } from "./errors.ts";
+import type { ServerExtensionFactory } from "./extensions.ts";
+import { Headers, parseAuthorizationBasic } from "./headers.ts";
+import { type HttpLimits, type Request, Response } from "./http11.ts";
+import { defaultServerExtensions } from "./permessage_deflate.ts";
+import { type OriginPattern, type SelectSubprotocol, ServerProtocol, State } from "./protocol.ts";
+
+/** The `Server` header sent by default. */
+export const SERVER_HEADER: string = `Deno/${
+  typeof Deno !== "undefined" ? Deno.version.deno : "unknown"
+} @denows/websockets/0.1.0`;
+
+/**
+ * What `processRequest` may return: our `Response`, a WHATWG `Response`
+ * (its body is read in full), or `undefined` to go on with the handshake.
+ *
+ * @example
+ * ```ts
+ * import type { HttpAnswer } from "@denows/websockets";
+ * const answer: HttpAnswer = new globalThis.Response("ok\n", { status: 200 });
+ * console.log(answer instanceof globalThis.Response); // true
+ * ```
+ */
+export type HttpAnswer = Response | globalThis.Response | undefined;
+
+/**
+ * The handshake hook called for every request before the WebSocket
+ * handshake: return a response to answer plain HTTP on the same port (a
+ * health check, a page, a 401), or `undefined` to continue.
+ *
+ * @example
+ * ```ts
+ * import type { ProcessRequest } from "@denows/websockets";
+ * const health: ProcessRequest = (_connection, request) =>
+ *   request.path === "/healthz" ? new globalThis.Response("OK\n") : undefined;
+ * console.log(typeof health); // function
+ * ```
+ */
+export type ProcessRequest = (
+  connection: ServerConnection,
+  request: Request,
+) => HttpAnswer | Promise<HttpAnswer>;
+
+/**
+ * The hook called with the response about to be sent; return a replacement,
+ * or `undefined` to send it (possibly modified in place).
+ *
+ * @example
+ * ```ts
+ * import type { ProcessResponse } from "@denows/websockets";
+ * const addHeader: ProcessResponse = (_connection, _request, response) => {
+ *   response.headers.append("X-Served-By", "example");
+ *   return undefined;
+ * };
+ * console.log(typeof addHeader); // function
+ * ```
+ */
+export type ProcessResponse = (
+  connection: ServerConnection,
+  request: Request,
+  response: Response,
+) => HttpAnswer | Promise<HttpAnswer>;
+
+/** Certificate and key (PEM) for `Deno.listenTls`. */
+export interface TlsOptions {
+  /** Certificate chain, PEM. */
+  cert: string;
+  /** Private key, PEM. */
+  key: string;
+}
+
+/** Options of {@linkcode serve}; every limit has a default, see the README. */
+export interface ServeOptions extends ConnectionOptions {
+  /** Interface to listen on. Default `"0.0.0.0"`. */
+  hostname?: string;
+  /** Port to listen on; 0 picks a free one. Default 0. */
+  port?: number;
+  /** Listen on this Unix socket path instead of TCP. */
+  unix?: string;
+  /** Serve `wss:` with this certificate and key. */
+  tls?: TlsOptions;
+  /** Accepted `Origin` values; default: any. `undefined` in the list accepts requests without `Origin`. */
+  origins?: OriginPattern[];
+  /** Subprotocols supported; the first one the client offered is chosen. */
+  subprotocols?: string[];
+  /** Custom subprotocol selection. */
+  selectSubprotocol?: SelectSubprotocol;
+  /** Extensions supported; replaces the ones `compression` would add. */
+  extensions?: ServerExtensionFactory[];
+  /** `"deflate"` (default) accepts permessage-deflate; `null` disables compression. */
+  compression?: "deflate" | null;
+  /** Hook before the handshake, e.g. to answer plain HTTP or authenticate. */
+  processRequest?: ProcessRequest;
+  /** Hook on the handshake response. */
+  processResponse?: ProcessResponse;
+  /** Value of the `Server` header; `null` leaves it out. Default {@linkcode SERVER_HEADER}. */
+  serverHeader?: string | null;
+  /** Time allowed for the opening handshake, in ms. Default 10 000. */
+  openTimeout?: number;
+  /** Connections at most; beyond, handshakes are answered with 503. Default: no limit. */
+  maxConnections?: number;
+  /** Limits of the handshake request: header count, line length. */
+  httpLimits?: HttpLimits;
+  /** Closes the server (as `server.close()`) when aborted. */
+  signal?: AbortSignal;
+}
+
+/**
+ * A server-side connection: a {@linkcode StreamConnection} with a helper to
+ * build plain HTTP responses in `processRequest`.
+ *
+ * @example
+ * ```ts ignore
+ * import { serve } from "@denows/websockets";
+ * serve((ws) => ws.close(), {
+ *   processRequest: (connection, request) =>
+ *     request.path === "/healthz" ? connection.respond(200, "OK\n") : undefined,
+ * });
+ * ```
+ */
+export class ServerConnection extends StreamConnection {
+  /** Builds a plain-text HTTP response (e.g. for `processRequest`). */
+  respond(statusCode: number, text: string): Response {
+    return (this.protocol as ServerProtocol).reject(statusCode, text);
+  }
+}
+
+/**
+ * A running server, returned by {@linkcode serve}.
+ *
+ * @example
+ * ```ts ignore
+ * import { serve } from "@denows/websockets";
+ * await using server = serve((ws) => ws.close(), { hostname: "127.0.0.1" });
+ * console.log(server.addr, server.connections.size);
+ * ```
+ */
+export interface Server extends AsyncDisposable {
+  /** The address listened on. */
+  readonly addr: Deno.Addr;
+  /** The port listened on (0 for a Unix socket). */
+  readonly port: number;
+  /** The open connections (a live set). */
+  readonly connections: ReadonlySet<ServerConnection>;
+  /**
+   * Stops accepting, closes every connection with 1001 (going away) and
+   * waits for them, up to `closeTimeout`.
+   */
+  close(): Promise<void>;
+  /** Resolves once the server is closed. */
+  readonly finished: Promise<void>;
+}
+
+/**
+ * A connection handler: runs once per connection after the handshake; the
+ * connection closes (1000) when it returns, or 1011 when it throws.
+ *
+ * @example
+ * ```ts
+ * import type { Handler } from "@denows/websockets";
+ * const echo: Handler = async (ws) => {
+ *   for await (const message of ws) await ws.send(message);
+ * };
+ * console.log(typeof echo); // function
+ * ```
+ */
+export type Handler = (connection: ServerConnection) => void | Promise<void>;
+
+async function toResponse(answer: Response | globalThis.Response): Promise<Response> {
+  if (answer instanceof Response) return answer;
+  const headers = new Headers();
+  answer.headers.forEach((value, name) => headers.append(name, value));
+  const body = new Uint8Array(await answer.arrayBuffer());
+  headers.set("Content-Length", String(body.length));
+  if (!headers.has("Connection")) headers.append("Connection", "close");
+  return new Response(answer.status, answer.statusText || "OK", headers, body);
+}
+
+/**
+ * Starts a WebSocket server and returns once it is listening: every
+ * connection's opening handshake is checked (origins, subprotocols,
+ * extensions, limits; failures answered 400 / 403 / 426 / 503), then
+ * `handler` runs. Nothing a peer does can stop the server serving others.
+ *
+ * @example
+ * ```ts ignore
+ * import { serve } from "@denows/websockets";
+ * const server = serve(async (ws) => {
+ *   for await (const message of ws) await ws.send(message);
+ * }, { hostname: "127.0.0.1", port: 8765, maxSize: 4 * 1024 * 1024 });
+ * // later
+ * await server.close();
+ * ```
+ */
+export function serve(handler: Handler, options: ServeOptions = {}): Server {
+  let listener: Deno.Listener;
+  if (options.unix !== undefined) {
+    listener = Deno.listen({ transport: "unix", path: options.unix });
+  } else if (options.tls !== undefined) {
+    listener = Deno.listenTls({
+      hostname: options.hostname ?? "0.0.0.0",
+      port: options.port ?? 0,
+      cert: options.tls.cert,
+      key: options.tls.key,
+    });
+  } else {
+    listener = Deno.listen({ hostname: options.hostname ?? "0.0.0.0", port: options.port ?? 0 });
+  }
+  const connections = new Set<ServerConnection>();
+  const pending = new Set<Promise<void>>();
+  const logger = options.logger;
+  const extensions = options.extensions ??
+    (options.compression === null ? [] : defaultServerExtensions());
+  const openTimeout = options.openTimeout ?? DEFAULTS.openTimeout;
+  const closeTimeout = options.closeTimeout ?? DEFAULTS.closeTimeout;
+  let closing = false;
+  let handshaking = 0;
+
+  async function handle(conn: Deno.Conn): Promise<void> {
+    if ((conn as Deno.TcpConn).setNoDelay !== undefined && options.unix === undefined) {
+      try {
+        (conn as Deno.TcpConn).setNoDelay(true);
+      } catch {
+        // not TCP
+      }
+    }
+    const protocol = new ServerProtocol({
+      origins: options.origins,
+      extensions,
+      subprotocols: options.subprotocols,
+      selectSubprotocol: options.selectSubprotocol,
+      serverHeader: options.serverHeader === null
+        ? undefined
+        : (options.serverHeader ?? SERVER_HEADER),
+      maxSize: options.maxSize,
+      httpLimits: options.httpLimits,
+      logger,
+    });
+    const connection = new ServerConnection(protocol, conn, {
+      ...options,
+      onHandshake: async (event, current) => {
+        if (event.type !== "request") return;
+        const request = event.request;
+        const self = current as ServerConnection;
+        let response: Response | undefined;
+        if (options.processRequest !== undefined) {
+          const answer = await options.processRequest(self, request);
+          if (answer !== undefined) response = await toResponse(answer);
+        }
+        if (response === undefined) {
+          if (
+            options.maxConnections !== undefined &&
+            connections.size + handshaking > options.maxConnections
+          ) {
+            response = protocol.reject(
+              503,
+              `Too many connections: the limit is ${options.maxConnections}.\n`,
+            );
+            response.exception = new InvalidHandshake(
+              `too many connections: limit is ${options.maxConnections}`,
+            );
+          } else if (closing) {
+            response = protocol.reject(503, "Server is shutting down.\n");
+          } else {
+            response = protocol.accept(request);
+          }
+        }
+        if (options.processResponse !== undefined) {
+          const answer = await options.processResponse(self, request, response);
+          if (answer !== undefined) response = await toResponse(answer);
+        }
+        if (protocol.state !== State.CONNECTING) return; // the peer went away meanwhile
+        protocol.sendResponse(response);
+        self.flushSoon();
+        const status = response.statusCode;
+        if (status !== 101) {
+          logger?.info(
+            `connection ${self.id}: handshake answered ${status}${
+              response.exception ? `: ${response.exception.message}` : ""
+            }`,
+          );
+        }
+      },
+    });
+    handshaking++;
+    const timer = setTimeout(() => {
+      if (connection.state === State.CONNECTING) {
+        logger?.info(`connection ${connection.id}: ${new HandshakeTimeout(openTimeout).message}`);
+        connection.transport.close();
+      }
+    }, openTimeout);
+    connection.start();
+    try {
+      await connection.handshake;
+    } catch {
+      return; // answered with an HTTP error, timed out, or the peer left; the connection ends by itself
+    } finally {
+      clearTimeout(timer);
+      handshaking--;
+    }
+    connections.add(connection);
+    try {
+      await handler(connection);
+      await connection.close();
+    } catch (error) {
+      if (connection.state === State.OPEN || connection.state === State.CONNECTING) {
+        logger?.error(`connection ${connection.id}: error in connection handler`, error);
+        await connection.close(1011, "internal error");
+      } else if (!(error instanceof Error && error.name.startsWith("ConnectionClosed"))) {
+        logger?.error(`connection ${connection.id}: error in connection handler`, error);
+      }
+    } finally {
+      connections.delete(connection);
+    }
+  }
+
+  async function acceptLoop(): Promise<void> {
+    while (true) {
+      let conn: Deno.Conn;
+      try {
+        conn = await listener.accept();
+      } catch (error) {
+        if (closing) return;
+        if (error instanceof Deno.errors.BadResource || error instanceof Deno.errors.Interrupted) {
+          return;
+        }
+        // E.g. too many open files: wait a little and go on serving.
+        logger?.warn(`accept failed: ${error}`);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        continue;
+      }
+      const task = handle(conn).catch((error) => {
+        logger?.error("unexpected error in connection", error);
+      });
+      pending.add(task);
+      task.finally(() => pending.delete(task));
+    }
+  }
+
+  const acceptLoopDone = acceptLoop();
+  let finishedResolve!: () => void;
+  const finished = new Promise<void>((resolve) => (finishedResolve = resolve));
+  let closePromise: Promise<void> | undefined;
+
+  async function close(): Promise<void> {
+    closing = true;
+    try {
+      listener.close();
+    } catch {
+      // already closed
+    }
+    await acceptLoopDone;
+    const all = [...connections];
+    await Promise.all(all.map((connection) => connection.close(1001, "server shutting down")));
+    // Handshakes in progress end within openTimeout; bound the wait by closeTimeout too.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      Promise.all([...pending]),
+      new Promise((resolve) => (timer = setTimeout(resolve, closeTimeout))),
+    ]);
+    clearTimeout(timer);
+    finishedResolve();
+  }
+
+  options.signal?.addEventListener("abort", () => {
+    closePromise ??= close();
+  }, { once: true });
+
+  const addr = listener.addr;
+  return {
+    addr,
+    port: addr.transport === "tcp" || addr.transport === "udp" ? addr.port : 0,
+    connections,
+    finished,
+    close(): Promise<void> {
+      closePromise ??= close();
+      return closePromise;
+    },
+    [Symbol.asyncDispose](): Promise<void> {
+      closePromise ??= close();
+      return closePromise;
+    },
+  };
+}
+
+/**
+ * Builds a `processRequest` hook that requires HTTP Basic authentication:
+ * requests without valid credentials get 401 with `WWW-Authenticate`.
+ * `check` receives the user name and password.
+ *
+ * @example
+ * ```ts ignore
+ * import { basicAuth, serve } from "@denows/websockets";
+ * serve((ws) => ws.close(), {
+ *   processRequest: basicAuth({ realm: "chat", check: (user, password) => user === "alice" && password === "s3cret" }),
+ * });
+ * ```
+ */
+export function basicAuth(options: {
+  realm?: string;
+  check: (username: string, password: string) => boolean | Promise<boolean>;
+}): ProcessRequest {
+  const realm = options.realm ?? "websocket";
+  return async (connection, request) => {
+    const unauthorized = (text: string): Response => {
+      const response = connection.respond(401, text);
+      response.headers.append("WWW-Authenticate", `Basic realm="${realm}", charset="UTF-8"`);
+      return response;
+    };
+    let header: string | undefined;
+    try {
+      header = request.headers.get("Authorization");
+    } catch {
+      return unauthorized("Unsupported credentials\n");
+    }
+    if (header === undefined) return unauthorized("Missing credentials\n");
+    let username: string, password: string;
+    try {
+      [username, password] = parseAuthorizationBasic(header);
+    } catch {
+      return unauthorized("Unsupported credentials\n");
+    }
+    if (!(await options.check(username, password))) return unauthorized("Invalid credentials\n");
+    return undefined;
+  };
+}
