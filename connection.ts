@@ -239,6 +239,7 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
   readonly pingInterval: number | null;
   /** Time allowed for a keepalive pong in ms, or `null`. */
   readonly pingTimeout: number | null;
+  /** Where frame traces and state changes go, if anywhere. */
   protected readonly logger: Logger | undefined;
 
   #messages: Message[] = [];
@@ -863,24 +864,31 @@ export class StreamConnection extends Connection {
     if (this.protocol.state === State.OPEN) this.#opened();
   }
 
+  /** The connection state, from the protocol. */
   get state(): State {
     return this.protocol.state;
   }
+  /** Bytes queued for sending and not yet written to the transport. */
   get bufferedAmount(): number {
     return this.protocol.outputLength + this.#inflight;
   }
+  /** The subprotocol negotiated during the handshake, if any. */
   get subprotocol(): string | undefined {
     return this.protocol.subprotocol;
   }
+  /** The extensions negotiated during the handshake. */
   get extensions(): readonly Extension[] {
     return this.protocol.extensions;
   }
+  /** The handshake request. */
   get request(): Request | undefined {
     return (this.protocol as { request?: Request }).request;
   }
+  /** The handshake response. */
   get response(): Response | undefined {
     return (this.protocol as { response?: Response }).response;
   }
+  /** The transport's local address, if it has one. */
   get localAddr(): Deno.Addr | undefined {
     try {
       return this.transport.localAddr;
@@ -888,6 +896,7 @@ export class StreamConnection extends Connection {
       return undefined;
     }
   }
+  /** The transport's remote address, if it has one. */
   get remoteAddr(): Deno.Addr | undefined {
     try {
       return this.transport.remoteAddr;
@@ -895,10 +904,12 @@ export class StreamConnection extends Connection {
       return undefined;
     }
   }
+  /** Whether a fragmented message is being sent. */
   get sendingFragmented(): boolean {
     return this.protocol.sendingFragmented;
   }
 
+  /** Queues one frame of a message in the protocol and schedules a write. */
   protected sendFrame(
     kind: "text" | "binary" | "continuation",
     data: string | Uint8Array,
@@ -912,16 +923,19 @@ export class StreamConnection extends Connection {
     this.flushSoon();
   }
 
+  /** Queues a ping frame and schedules a write. */
   protected sendPingFrame(data: Uint8Array): void {
     this.protocol.sendPing(data);
     this.flushSoon();
   }
 
+  /** Queues a pong frame and schedules a write. */
   protected sendPongFrame(data: Uint8Array): void {
     this.protocol.sendPong(data);
     this.flushSoon();
   }
 
+  /** Queues a broadcast message: the shared serialized bytes on a server, a masked frame on a client. Returns `false` when not OPEN. */
   sendShared(frames: SharedFrames): boolean {
     if (this.protocol.state !== State.OPEN) return false;
     this.checkNotFragmenting();
@@ -937,6 +951,7 @@ export class StreamConnection extends Connection {
     return true;
   }
 
+  /** Resolves once `bufferedAmount` is under `writeLimit`; rejects when the connection closed. */
   protected drain(): Promise<void> {
     if (this.bufferedAmount <= this.writeLimit) {
       if (this.#transportClosed && this.state !== State.OPEN) {
@@ -949,6 +964,7 @@ export class StreamConnection extends Connection {
     return new Promise((resolve, reject) => this.#drainWaiters.push({ resolve, reject }));
   }
 
+  /** The `ConnectionClosed` error matching the close frames exchanged. */
   protected makeCloseError(): ConnectionClosed {
     return this.protocol.closeError;
   }
@@ -1192,6 +1208,7 @@ export class StreamConnection extends Connection {
     });
   }
 
+  /** Fails the connection with `code` and bounds the wait for the TCP close. */
   protected failTransport(code: number, reason: string): void {
     if (this.protocol.state === State.OPEN) {
       this.protocol.failConnection(code, reason);
@@ -1200,6 +1217,7 @@ export class StreamConnection extends Connection {
     }
   }
 
+  /** Sends a close frame (once) and waits until the transport is closed. */
   protected async closeTransport(code: number, reason: string): Promise<void> {
     const protocol = this.protocol;
     if (protocol.state === State.CONNECTING) {

@@ -257,8 +257,11 @@ export abstract class Protocol {
   /** Whether the end of the outgoing stream was requested. */
   eofSent = false;
 
+  /** Where frame traces and state changes go, if anywhere. */
   protected readonly logger: Logger | undefined;
+  /** Limits of the handshake HTTP message. */
   protected readonly httpLimits: HttpLimits | undefined;
+  /** The frame reader, created when the connection opens. */
   protected reader: FrameReader | undefined;
   #state: State = State.CONNECTING;
   #events: ProtocolEvent[] = [];
@@ -302,6 +305,7 @@ export abstract class Protocol {
     return this.#outputLength;
   }
 
+  /** Moves to `state`; throws `InvalidState` for a transition the table forbids. */
   protected setState(state: State): void {
     if (!TRANSITIONS[this.#state].includes(state)) {
       throw new InvalidState(
@@ -399,6 +403,7 @@ export abstract class Protocol {
   /** Handles the end of the stream during the handshake. */
   protected abstract receiveHandshakeEof(): void;
 
+  /** Fails the connection with the close code that fits `error` (1002, 1007, 1009 or 1011). */
   protected failOnError(error: unknown): void {
     if (error instanceof ProtocolError) {
       this.fail(error.code, error.message, error);
@@ -411,6 +416,7 @@ export abstract class Protocol {
     }
   }
 
+  /** Handles one incoming frame: data frames are reassembled into messages. */
   protected receiveFrame(frame: Frame): void {
     if (this.logger) this.logger.debug(`< ${frame}`);
     const opcode = frame.opcode;
@@ -485,6 +491,7 @@ export abstract class Protocol {
     this.#events.push({ type: "message", data: message });
   }
 
+  /** Handles a ping, pong or close frame. */
   protected receiveControlFrame(frame: Frame): void {
     if (frame.rsv1 || frame.rsv2 || frame.rsv3) throw new ProtocolError("reserved bits must be 0");
     const data = frame.data;
@@ -515,6 +522,7 @@ export abstract class Protocol {
 
   // ---- Sending ----
 
+  /** Throws `InvalidState` naming the state unless the connection is OPEN. */
   protected checkCanSend(what: string): void {
     if (this.#state !== State.OPEN) {
       throw new InvalidState(`cannot send ${what} in state ${STATE_NAMES[this.#state]}`);
@@ -556,6 +564,7 @@ export abstract class Protocol {
     }
   }
 
+  /** Sends the first (or only) frame of a Text or Binary message. */
   protected sendDataFrame(
     opcode: Opcode,
     data: Uint8Array,
@@ -626,6 +635,7 @@ export abstract class Protocol {
     this.fail(code, reason, undefined);
   }
 
+  /** Fails the connection with `code`, remembering `error` as the failure. */
   protected fail(code: number, reason: string, error: Error | undefined): void {
     if (error !== undefined && this.failure === undefined) this.failure = error;
     this.logger?.debug(`! failing connection with code ${code}: ${reason}`);
@@ -641,6 +651,7 @@ export abstract class Protocol {
     this.#discarding = true;
   }
 
+  /** Encodes `frame` with the extensions and queues its bytes. */
   protected sendFrame(frame: Frame, options?: EncodeOptions): void {
     const extensions = this.extensions;
     for (let i = 0; i < extensions.length; i++) frame = extensions[i].encode(frame, options);
@@ -666,10 +677,12 @@ export abstract class Protocol {
     }
   }
 
+  /** Queues an event for `eventsReceived()`. */
   protected pushEvent(event: ProtocolEvent): void {
     this.#events.push(event);
   }
 
+  /** Queues bytes for `dataToSend()`. */
   protected pushOutput(bytes: Uint8Array): void {
     this.#output.push(bytes);
     this.#outputLength += bytes.length;
@@ -683,6 +696,7 @@ export abstract class Protocol {
     this.#output.push(EOF);
   }
 
+  /** Ignores every byte received from now on. */
   protected startDiscarding(): void {
     this.#discarding = true;
   }
@@ -835,6 +849,7 @@ export class ClientProtocol extends Protocol {
     this.pushOutput(request.serialize());
   }
 
+  /** Handles handshake bytes; returns the bytes that followed the handshake, if complete. */
   protected receiveHandshake(data: Uint8Array): Uint8Array | undefined {
     if (this.request === undefined) {
       throw new InvalidState("cannot receive a handshake response before sending the request");
@@ -844,14 +859,15 @@ export class ClientProtocol extends Protocol {
     try {
       result = parser.feed(data);
     } catch (error) {
-      this.handshakeFailed(undefined, error);
+      this.#handshakeFailed(undefined, error);
       return undefined;
     }
     if (result === undefined) return undefined;
-    this.handleResponse(result.message);
+    this.#handleResponse(result.message);
     return result.rest;
   }
 
+  /** Handles the end of the stream during the handshake. */
   protected receiveHandshakeEof(): void {
     if (this.handshakeError !== undefined || this.request === undefined) {
       if (this.handshakeError === undefined) {
@@ -861,19 +877,19 @@ export class ClientProtocol extends Protocol {
     }
     try {
       const parser = this.#parser ??= new ResponseParser(this.httpLimits);
-      this.handleResponse(parser.feedEof().message);
+      this.#handleResponse(parser.feedEof().message);
     } catch (error) {
-      this.handshakeFailed(undefined, error);
+      this.#handshakeFailed(undefined, error);
     }
   }
 
-  private handleResponse(response: Response): void {
+  #handleResponse(response: Response): void {
     this.response = response;
     this.logger?.debug(`< HTTP/1.1 ${response.statusCode} ${response.reasonPhrase}`);
     try {
       this.processResponse(response);
     } catch (error) {
-      this.handshakeFailed(response, error);
+      this.#handshakeFailed(response, error);
       return;
     }
     this.reader = new FrameReader({
@@ -885,7 +901,7 @@ export class ClientProtocol extends Protocol {
     this.pushEvent({ type: "response", response });
   }
 
-  private handshakeFailed(response: Response | undefined, error: unknown): void {
+  #handshakeFailed(response: Response | undefined, error: unknown): void {
     const exception = error instanceof Error ? error : new InvalidHandshake(String(error));
     this.handshakeError = exception;
     if (response !== undefined) {
@@ -920,11 +936,11 @@ export class ClientProtocol extends Protocol {
     if (accept[0] !== acceptKey(this.#key)) {
       throw new InvalidHeaderValue("Sec-WebSocket-Accept", accept[0]);
     }
-    this.extensions = this.negotiateExtensions(headers);
-    this.subprotocol = this.negotiateSubprotocol(headers);
+    this.extensions = this.#negotiateExtensions(headers);
+    this.subprotocol = this.#negotiateSubprotocol(headers);
   }
 
-  private negotiateExtensions(headers: Headers): Extension[] {
+  #negotiateExtensions(headers: Headers): Extension[] {
     const accepted: Extension[] = [];
     const values = headers.getAll("Sec-WebSocket-Extensions");
     if (values.length === 0) return accepted;
@@ -953,7 +969,7 @@ export class ClientProtocol extends Protocol {
     return accepted;
   }
 
-  private negotiateSubprotocol(headers: Headers): string | undefined {
+  #negotiateSubprotocol(headers: Headers): string | undefined {
     const values = headers.getAll("Sec-WebSocket-Protocol");
     if (values.length === 0) return undefined;
     const offered = this.#options.subprotocols ?? [];
@@ -1066,6 +1082,7 @@ export class ServerProtocol extends Protocol {
     this.#options = options;
   }
 
+  /** Handles handshake bytes; returns the bytes that followed the handshake, if complete. */
   protected receiveHandshake(data: Uint8Array): Uint8Array | undefined {
     if (this.request !== undefined) {
       // Bytes after the request and before the response: keep them for the frame reader.
@@ -1097,6 +1114,7 @@ export class ServerProtocol extends Protocol {
 
   #pending: Uint8Array[] = [];
 
+  /** Handles the end of the stream during the handshake. */
   protected receiveHandshakeEof(): void {
     if (this.handshakeError === undefined && this.response === undefined) {
       this.handshakeError = new InvalidHandshake(
@@ -1116,7 +1134,7 @@ export class ServerProtocol extends Protocol {
     let accept: string, extensionHeader: string | undefined, subprotocol: string | undefined;
     let extensions: Extension[];
     try {
-      [accept, extensionHeader, extensions, subprotocol] = this.processRequest(request);
+      [accept, extensionHeader, extensions, subprotocol] = this.#processRequest(request);
     } catch (error) {
       const exception = error instanceof Error ? error : new InvalidHandshake(String(error));
       request.exception = exception;
@@ -1171,7 +1189,7 @@ export class ServerProtocol extends Protocol {
     return new Response(101, "Switching Protocols", headers);
   }
 
-  private processRequest(
+  #processRequest(
     request: Request,
   ): [string, string | undefined, Extension[], string | undefined] {
     const headers = request.headers;
@@ -1207,13 +1225,13 @@ export class ServerProtocol extends Protocol {
       );
     }
     if (versions[0] !== "13") throw new InvalidHeaderValue("Sec-WebSocket-Version", versions[0]);
-    this.checkOrigin(headers);
-    const [extensionHeader, extensions] = this.negotiateExtensions(headers);
-    const subprotocol = this.negotiateSubprotocol(request);
+    this.#checkOrigin(headers);
+    const [extensionHeader, extensions] = this.#negotiateExtensions(headers);
+    const subprotocol = this.#negotiateSubprotocol(request);
     return [acceptKey(key), extensionHeader, extensions, subprotocol];
   }
 
-  private checkOrigin(headers: Headers): void {
+  #checkOrigin(headers: Headers): void {
     const origins = this.#options.origins;
     if (origins === undefined) return;
     const values = headers.getAll("Origin");
@@ -1237,7 +1255,7 @@ export class ServerProtocol extends Protocol {
     throw new InvalidOrigin(origin);
   }
 
-  private negotiateExtensions(headers: Headers): [string | undefined, Extension[]] {
+  #negotiateExtensions(headers: Headers): [string | undefined, Extension[]] {
     const accepted: Extension[] = [];
     const answers: ExtensionHeader[] = [];
     const factories = this.#options.extensions ?? [];
@@ -1263,7 +1281,7 @@ export class ServerProtocol extends Protocol {
     return [answers.length ? buildExtension(answers) : undefined, accepted];
   }
 
-  private negotiateSubprotocol(request: Request): string | undefined {
+  #negotiateSubprotocol(request: Request): string | undefined {
     const offered = request.headers.getAll("Sec-WebSocket-Protocol").flatMap(parseSubprotocol);
     const select = this.#options.selectSubprotocol;
     if (select !== undefined) {
