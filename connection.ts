@@ -415,13 +415,17 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
    */
   [Symbol.asyncIterator](): AsyncIterator<Message> {
     return {
-      next: async (): Promise<IteratorResult<Message>> => {
-        try {
-          return { value: await this.recv(), done: false };
-        } catch (error) {
-          if (error instanceof ConnectionClosedOK) return { value: undefined, done: true };
-          throw error;
+      next: (): Promise<IteratorResult<Message>> => {
+        if (this.messagesQueued !== 0) {
+          return Promise.resolve({ value: this.#takeMessage(), done: false });
         }
+        return this.recv().then(
+          (value): IteratorResult<Message> => ({ value, done: false }),
+          (error): IteratorResult<Message> => {
+            if (error instanceof ConnectionClosedOK) return { value: undefined, done: true };
+            throw error;
+          },
+        );
       },
       return: (): Promise<IteratorResult<Message>> => {
         return Promise.resolve({ value: undefined, done: true });
@@ -486,7 +490,26 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
    * `ConnectionClosed` when the connection is closing or closed, and
    * `TypeError` for an unsupported message type.
    */
-  async send(message: Sendable, options?: SendOptions): Promise<void> {
+  send(message: Sendable, options?: SendOptions): Promise<void> {
+    // Fast path: a whole message while nothing else is being sent; no async frame.
+    if (this.#sendLock === undefined && this.state === State.OPEN) {
+      try {
+        if (typeof message === "string") {
+          this.sendFrame("text", message, true, options);
+          return this.drain();
+        }
+        if (message instanceof Uint8Array) {
+          this.sendFrame("binary", message, true, options);
+          return this.drain();
+        }
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    }
+    return this.#sendSlow(message, options);
+  }
+
+  async #sendSlow(message: Sendable, options?: SendOptions): Promise<void> {
     while (this.#sendLock !== undefined) await this.#sendLock;
     this.checkOpen();
     if (typeof message === "string") {
@@ -1109,7 +1132,13 @@ export class StreamConnection extends Connection {
         } else {
           protocol.receiveData(chunk);
         }
-        await this.#processEvents();
+        // Messages are delivered synchronously; only handshake events wait for hooks.
+        // (Frames that came with the handshake are parsed once its hook ran.)
+        let handshakeEvent = this.#processEvents();
+        while (handshakeEvent !== undefined) {
+          await handshakeEvent;
+          handshakeEvent = this.#processEvents();
+        }
         if (protocol.outputLength !== 0 || protocol.eofSent) this.flushSoon();
         if (protocol.closeExpected()) this.#startCloseTimer();
       }
@@ -1128,7 +1157,7 @@ export class StreamConnection extends Connection {
     }
   }
 
-  async #processEvents(): Promise<void> {
+  #processEvents(): Promise<void> | undefined {
     const events = this.protocol.eventsReceived();
     for (let i = 0; i < events.length; i++) {
       const event = events[i];
@@ -1143,9 +1172,17 @@ export class StreamConnection extends Connection {
         case "close":
           break;
         default:
-          await this.#handshakeEvent(event);
+          // A handshake event comes before any message: deliver the rest after its hook.
+          return this.#handshakeEvent(event).then(() => {
+            for (let j = i + 1; j < events.length; j++) {
+              const rest = events[j];
+              if (rest.type === "message") this.deliver(rest.data);
+              else if (rest.type === "pong") this.acknowledgePings(rest.data);
+            }
+          });
       }
     }
+    return undefined;
   }
 
   async #handshakeEvent(event: ProtocolEvent): Promise<void> {

@@ -52,7 +52,15 @@ import type {
   Extension,
   ServerExtensionFactory,
 } from "./extensions.ts";
-import { Close, CloseCode, Frame, frameHeaderLength, FrameReader, Opcode } from "./frames.ts";
+import {
+  Close,
+  CloseCode,
+  Frame,
+  frameHeaderLength,
+  FrameReader,
+  Opcode,
+  serializeInto,
+} from "./frames.ts";
 import {
   buildAuthorizationBasic,
   buildExtension,
@@ -659,17 +667,19 @@ export abstract class Protocol {
     if (this.isClient) {
       this.pushOutput(frame.serialize({ mask: true }));
     } else {
-      // Header and payload as two chunks: the payload isn't copied here, the
-      // caller copies every chunk of a tick once into a single write.
-      frame.check();
       const length = frame.data.length;
-      const header = new Frame(frame.opcode, EMPTY, frame).serialize({ mask: false });
-      if (length === 0) {
-        this.pushOutput(header);
+      if (length < 4096) {
+        // Small frames: header and payload in one buffer.
+        const out = new Uint8Array(frameHeaderLength(length, false) + length);
+        serializeInto(frame, out, 0, false);
+        this.pushOutput(out);
       } else {
-        const headerLength = frameHeaderLength(length, false);
-        const out = new Uint8Array(headerLength);
-        out[0] = header[0];
+        // Large frames: header and payload as two chunks, so the payload isn't
+        // copied here; the connection copies a tick's chunks once into one write.
+        frame.check();
+        const out = new Uint8Array(frameHeaderLength(length, false));
+        out[0] = (frame.fin ? 0x80 : 0) | (frame.rsv1 ? 0x40 : 0) | (frame.rsv2 ? 0x20 : 0) |
+          (frame.rsv3 ? 0x10 : 0) | frame.opcode;
         writeLength(out, length);
         this.pushOutput(out);
         this.pushOutput(frame.data);
