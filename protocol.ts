@@ -1256,9 +1256,11 @@ export class ServerProtocol extends Protocol {
         if (typeof pattern === "string") {
           if (pattern === origin) return;
         } else {
-          const match = new RegExp(pattern.source, pattern.flags.replace("g", "").replace("y", ""))
-            .exec(origin);
-          if (match !== null && match.index === 0 && match[0] === origin) return;
+          // Anchored around the whole pattern, so that an alternative that
+          // matches a prefix (`a|ab` on "ab") doesn't hide one that matches it all.
+          const flags = pattern.flags.replace("g", "").replace("y", "");
+          const match = new RegExp(`^(?:${pattern.source})$`, flags).exec(origin);
+          if (match !== null && match[0] === origin) return;
         }
       }
     }
