@@ -192,7 +192,11 @@ async function openOnce(
     return connection;
   } catch (error) {
     if (connection !== undefined) {
-      connection.transport.close();
+      try {
+        connection.transport.close();
+      } catch {
+        // already closed
+      }
       await connection.closed;
     } else if (transport !== undefined) {
       try {

@@ -1195,10 +1195,11 @@ export class StreamConnection extends Connection {
       return;
     }
     const protocol = this.protocol;
-    if (protocol.state === State.OPEN) {
-      this.#opened();
-    } else if (protocol.handshakeError !== undefined) {
+    if (protocol.handshakeError !== undefined) {
       this.#settleHandshake(protocol.handshakeError);
+    } else if (protocol.state !== State.CONNECTING) {
+      // Open, even if a close frame that came with the handshake already moved it on.
+      this.#opened();
     }
   }
 

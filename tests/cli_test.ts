@@ -1,0 +1,118 @@
+import assert from "node:assert/strict";
+import { serve } from "../server.ts";
+
+const cli = new URL("../cli.ts", import.meta.url).pathname;
+
+async function runCli(
+  args: string[],
+  stdin: string,
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", cli, ...args],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  await writer.write(new TextEncoder().encode(stdin));
+  await writer.close();
+  const output = await child.output();
+  return {
+    code: output.code,
+    stdout: new TextDecoder().decode(output.stdout),
+    stderr: new TextDecoder().decode(output.stderr),
+  };
+}
+
+Deno.test("cli: sends typed lines, prints replies and closes cleanly on end of input", async () => {
+  const received: string[] = [];
+  const server = serve(async (ws) => {
+    for await (const message of ws) {
+      received.push(String(message));
+      await ws.send(message);
+      if (typeof message === "string" && message === "second") {
+        await ws.send(new Uint8Array([1, 2]));
+      }
+    }
+  }, { hostname: "127.0.0.1", port: 0 });
+  try {
+    const uri = `ws://127.0.0.1:${server.port}/`;
+    // Wait for each reply before ending input: the server may not answer after the close.
+    const { code, stdout } = await runCli([uri], "first\nsecond\n/ping\n");
+    assert.equal(code, 0);
+    const lines = stdout.trim().split("\n");
+    assert.equal(lines[0], `Connected to ${uri}`);
+    assert.ok(lines.includes("< first"), stdout);
+    assert.ok(lines.includes("< (binary) 2 bytes: 01 02"), stdout);
+    assert.ok(lines.some((line) => /^= pong in [0-9.]+ ms$/.test(line)), stdout);
+    assert.equal(lines.at(-1), "Connection closed: 1000 (OK).");
+    assert.deepEqual(received.slice(0, 2), ["first", "second"]);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("cli: a refused connection is a one-line error and exit status 1", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  const { code, stdout, stderr } = await runCli([`ws://127.0.0.1:${port}/`], "");
+  assert.equal(code, 1);
+  assert.equal(stdout, "");
+  assert.match(stderr, /^Failed to connect to ws:\/\/127\.0\.0\.1:\d+\/: .*refused/i);
+  assert.doesNotMatch(stderr, /\bat /);
+});
+
+Deno.test("cli: a bad URI is exit status 2 without a stack trace", async () => {
+  const { code, stderr } = await runCli(["http://example.com/"], "");
+  assert.equal(code, 2);
+  assert.equal(
+    stderr.trim(),
+    "error: http://example.com/ isn't a valid URI: scheme isn't ws or wss",
+  );
+});
+
+Deno.test("cli: a handshake rejection names the HTTP status", async () => {
+  const server = serve(() => {}, {
+    hostname: "127.0.0.1",
+    port: 0,
+    processRequest: (connection) => connection.respond(403, "go away\n"),
+  });
+  try {
+    const { code, stderr } = await runCli([`ws://127.0.0.1:${server.port}/`], "");
+    assert.equal(code, 1);
+    assert.match(stderr, /server rejected the handshake with HTTP 403 Forbidden/);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("cli: --header, --subprotocol and --origin reach the server", async () => {
+  let seen: [string | undefined, string | undefined, string | undefined] = [
+    undefined,
+    undefined,
+    undefined,
+  ];
+  const server = serve(async (ws) => {
+    const headers = ws.request!.headers;
+    seen = [headers.get("X-Token"), ws.subprotocol, headers.get("Origin")];
+    await ws.close();
+  }, { hostname: "127.0.0.1", port: 0, subprotocols: ["chat"] });
+  try {
+    const { code, stdout, stderr } = await runCli([
+      "--header",
+      "X-Token: abc",
+      "--subprotocol",
+      "chat",
+      "--origin",
+      "https://example.com",
+      "--no-compression",
+      `ws://127.0.0.1:${server.port}/`,
+    ], "");
+    assert.equal(code, 0, stdout + stderr);
+    assert.match(stdout, /\(subprotocol chat\)/);
+    assert.deepEqual(seen, ["abc", "chat", "https://example.com"]);
+  } finally {
+    await server.close();
+  }
+});
