@@ -390,7 +390,13 @@ export abstract class Protocol {
         this.receiveFrame(frame);
       }
     } catch (error) {
-      this.failOnError(error);
+      // The reader and the extensions check a frame against what is left of
+      // maxSize: report the size of the whole message against maxSize itself.
+      this.failOnError(
+        error instanceof PayloadTooBig && error.maxSize !== this.maxSize
+          ? new PayloadTooBig(this.#recvSize + error.size, this.maxSize)
+          : error,
+      );
     }
   }
 
