@@ -1222,6 +1222,15 @@ export class StreamConnection extends Connection {
     this.#closeTimer = undefined;
     this.#abort();
     const protocol = this.protocol;
+    for (const extension of protocol.extensions) {
+      try {
+        extension.close?.();
+      } catch (closeError) {
+        this.logger?.warn(
+          `connection ${this.id}: closing extension ${extension.name} failed: ${closeError}`,
+        );
+      }
+    }
     if (protocol.state !== State.CLOSED && !protocol.eofReceived) {
       try {
         protocol.receiveEof();

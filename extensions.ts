@@ -77,6 +77,8 @@ export interface Extension {
   decode(frame: Frame, options?: DecodeOptions): Frame;
   /** Encodes an outgoing frame. */
   encode(frame: Frame, options?: EncodeOptions): Frame;
+  /** Releases what the extension holds (e.g. zlib streams); called once the connection is closed. */
+  close?(): void;
 }
 
 /**
