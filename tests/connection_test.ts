@@ -1,0 +1,748 @@
+// Connection behaviour over real loopback sockets: messages, fragmentation,
+// pings, closing, iteration, streams, and every limit and timeout against a
+// misbehaving raw-socket peer.
+
+import assert from "node:assert/strict";
+import { connect } from "../client.ts";
+import type { Message, StreamConnection } from "../connection.ts";
+import { ConnectionClosedError, ConnectionClosedOK, PayloadTooBig } from "../errors.ts";
+import { Close, Frame, Opcode } from "../frames.ts";
+import { State } from "../protocol.ts";
+import type { ServerConnection } from "../server.ts";
+import {
+  acceptRaw,
+  deferred,
+  delay,
+  echo,
+  HOST,
+  pendingAfter,
+  randomBytes,
+  RawPeer,
+  RawServer,
+  rejection,
+  serveLocal,
+  within,
+} from "./_helpers.ts";
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** What a test compares of a frame. */
+function describe(
+  frame: Frame | undefined,
+): { opcode: number; fin: boolean; data: string } | undefined {
+  if (frame === undefined) return undefined;
+  return { opcode: frame.opcode, fin: frame.fin, data: decoder.decode(frame.data) };
+}
+
+function closeFrame(code: number, reason = ""): Uint8Array {
+  return new Frame(Opcode.CLOSE, new Close(code, reason).serialize()).serialize({ mask: false });
+}
+
+/** The close code and reason of a close frame read from a peer. */
+function closeOf(frame: Frame | undefined): { code: number; reason: string } | undefined {
+  if (frame === undefined || frame.opcode !== Opcode.CLOSE) return undefined;
+  const { code, reason } = Close.parse(frame.data);
+  return { code, reason };
+}
+
+/** Reads frames until a close frame (skipping pings) or the end of the stream. */
+async function readUntilClose(peer: RawPeer, fromClient = false): Promise<Frame | undefined> {
+  while (true) {
+    const frame = await peer.readFrame(fromClient);
+    if (frame === undefined || frame.opcode === Opcode.CLOSE) return frame;
+  }
+}
+
+Deno.test("connection: strings go as Text and every kind of bytes as Binary", async () => {
+  const { server, uri } = serveLocal(echo);
+  const ws = await connect(uri);
+  try {
+    const received: Message[] = [];
+    for (
+      const message of [
+        "text",
+        new Uint8Array([1, 2, 3]),
+        new Uint8Array([4, 5]).buffer,
+        new DataView(new Uint8Array([6]).buffer),
+        new Uint16Array([0x0807]),
+      ]
+    ) {
+      await ws.send(message);
+      received.push(await ws.recv());
+    }
+    assert.deepEqual(received, [
+      "text",
+      new Uint8Array([1, 2, 3]),
+      new Uint8Array([4, 5]),
+      new Uint8Array([6]),
+      new Uint8Array([7, 8]),
+    ]);
+  } finally {
+    await ws.close();
+    await server.close();
+  }
+});
+
+Deno.test("connection: empty and non-ASCII messages round-trip unchanged", async () => {
+  const { server, uri } = serveLocal(echo);
+  const ws = await connect(uri);
+  try {
+    const unicode = "héllo wörld — 你好 🎉 \u{10FFFF}";
+    const received: Message[] = [];
+    for (const message of ["", new Uint8Array(0), unicode]) {
+      await ws.send(message);
+      received.push(await ws.recv());
+    }
+    assert.deepEqual(received, ["", new Uint8Array(0), unicode]);
+  } finally {
+    await ws.close();
+    await server.close();
+  }
+});
+
+Deno.test("connection: an iterable is sent as one fragmented message, one frame per item", async () => {
+  const frames = deferred<unknown[]>();
+  const raw = new RawServer(async (peer) => {
+    await acceptRaw(peer);
+    const seen = [];
+    for (let i = 0; i < 6; i++) seen.push(describe(await peer.readFrame(true)));
+    frames.resolve(seen);
+    await peer.write(closeFrame(1000));
+    await readUntilClose(peer, true); // then the server closes TCP
+  });
+  const ws = await connect(raw.uri(), { compression: null });
+  try {
+    await ws.send(["Hel", "lo"]);
+    await ws.send((async function* () {
+      yield new Uint8Array([1]);
+      yield new Uint8Array([2]);
+      yield new Uint8Array([3]);
+    })());
+    await ws.send([]); // nothing at all
+    await ws.send(["single"]);
+    assert.deepEqual(await within(frames.promise, 2000, "frames"), [
+      { opcode: Opcode.TEXT, fin: false, data: "Hel" },
+      { opcode: Opcode.CONT, fin: true, data: "lo" },
+      { opcode: Opcode.BINARY, fin: false, data: "\x01" },
+      { opcode: Opcode.CONT, fin: false, data: "\x02" },
+      { opcode: Opcode.CONT, fin: true, data: "\x03" },
+      { opcode: Opcode.TEXT, fin: true, data: "single" },
+    ]);
+  } finally {
+    await ws.close();
+    await raw.close();
+  }
+});
+
+Deno.test("connection: fragments received are reassembled into one message", async () => {
+  const raw = new RawServer(async (peer) => {
+    await acceptRaw(peer);
+    const fragments = [
+      new Frame(Opcode.TEXT, encoder.encode("frag"), { fin: false }),
+      new Frame(Opcode.PING, encoder.encode("in between")),
+      // A code point split across two fragments.
+      new Frame(Opcode.CONT, encoder.encode("men€").subarray(0, 4), { fin: false }),
+      new Frame(Opcode.CONT, encoder.encode("men€").subarray(4), { fin: false }),
+      new Frame(Opcode.CONT, encoder.encode("ted"), { fin: true }),
+      new Frame(Opcode.BINARY, new Uint8Array([1, 2]), { fin: false }),
+      new Frame(Opcode.CONT, new Uint8Array([3]), { fin: true }),
+    ];
+    for (const frame of fragments) await peer.write(frame.serialize({ mask: false }));
+    await peer.write(closeFrame(1000));
+    await readUntilClose(peer, true);
+  });
+  const ws = await connect(raw.uri(), { compression: null });
+  try {
+    assert.deepEqual([await ws.recv(), await ws.recv()], [
+      "fragmen€ted",
+      new Uint8Array([1, 2, 3]),
+    ]);
+  } finally {
+    await ws.close();
+    await raw.close();
+  }
+});
+
+Deno.test("connection: ping() resolves with the round-trip time when the pong arrives", async () => {
+  const { server, uri } = serveLocal(echo);
+  const ws = await connect(uri);
+  try {
+    const latency = await ws.ping();
+    const custom = await ws.ping("custom payload");
+    assert.deepEqual(
+      [typeof latency, latency >= 0 && latency < 1000, custom >= 0, ws.latency === custom],
+      ["number", true, true, true],
+    );
+  } finally {
+    await ws.close();
+    await server.close();
+  }
+});
+
+Deno.test("connection: the close code and reason from the client reach the server", async () => {
+  const seen = deferred<unknown>();
+  const { server, uri } = serveLocal(async (ws) => {
+    const error = await rejection(ws.recv());
+    const result = await ws.closed;
+    seen.resolve({
+      error: (error as Error).constructor.name,
+      code: result.code,
+      reason: result.reason,
+      wasClean: result.wasClean,
+    });
+  });
+  const ws = await connect(uri);
+  try {
+    await ws.close(4000, "bye ✓");
+    assert.deepEqual(await within(seen.promise, 2000, "server side"), {
+      error: "ConnectionClosedError",
+      code: 4000,
+      reason: "bye ✓",
+      wasClean: true,
+    });
+    const result = await ws.closed;
+    assert.deepEqual(
+      { code: result.code, reason: result.reason, sent: result.sent, wasClean: result.wasClean },
+      { code: 4000, reason: "bye ✓", sent: new Close(4000, "bye ✓"), wasClean: true },
+    );
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("connection: the close code and reason from the server reach the client", async () => {
+  const { server, uri } = serveLocal((ws) => ws.close(4001, "server says bye"));
+  const ws = await connect(uri);
+  try {
+    const error = await rejection(ws.recv());
+    assert.ok(error instanceof ConnectionClosedError);
+    assert.deepEqual(
+      [error.rcvd, error.sent, error.rcvdThenSent, error.code, error.reason],
+      [
+        new Close(4001, "server says bye"),
+        new Close(4001, "server says bye"),
+        true,
+        4001,
+        "server says bye",
+      ],
+    );
+  } finally {
+    await server.close();
+  }
+});
+
+for (const code of [1000, 1001]) {
+  Deno.test(`connection: iteration ends quietly on close ${code}`, async () => {
+    const { server, uri } = serveLocal(async (ws) => {
+      await ws.send("one");
+      await ws.send("two");
+      await ws.close(code);
+    });
+    const ws = await connect(uri);
+    try {
+      const received: Message[] = [];
+      for await (const message of ws) received.push(message);
+      assert.deepEqual(received, ["one", "two"]);
+      assert.equal(ws.state, State.CLOSED);
+    } finally {
+      await server.close();
+    }
+  });
+}
+
+Deno.test("connection: iteration throws ConnectionClosedError with the frames on close 1011", async () => {
+  const { server, uri } = serveLocal(async (ws) => {
+    await ws.send("before");
+    await ws.close(1011, "broken");
+  });
+  const ws = await connect(uri);
+  try {
+    const received: Message[] = [];
+    const error = await rejection((async () => {
+      for await (const message of ws) received.push(message);
+    })());
+    assert.ok(error instanceof ConnectionClosedError);
+    assert.deepEqual(
+      [received, error.rcvd, error.sent, error.rcvdThenSent],
+      [["before"], new Close(1011, "broken"), new Close(1011, "broken"), true],
+    );
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("connection: messages received before the close are delivered after it", async () => {
+  const { server, uri } = serveLocal(async (ws) => {
+    for (const message of ["a", "b", "c"]) await ws.send(message);
+    await ws.close(1000, "done");
+  });
+  const ws = await connect(uri);
+  try {
+    const result = await within(ws.closed, 2000, "close");
+    assert.equal(result.code, 1000);
+    assert.deepEqual([await ws.recv(), await ws.recv(), await ws.recv()], ["a", "b", "c"]);
+    const error = await rejection(ws.recv());
+    assert.ok(error instanceof ConnectionClosedOK);
+    assert.deepEqual([error.rcvd, error.sent], [new Close(1000, "done"), new Close(1000, "done")]);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("connection: send() on a closed connection throws the close error", async () => {
+  const { server, uri } = serveLocal(echo);
+  const ws = await connect(uri);
+  try {
+    await ws.close(1000, "bye");
+    const error = await rejection(ws.send("late"));
+    assert.ok(error instanceof ConnectionClosedOK);
+    assert.deepEqual([error.rcvd, error.sent, error.rcvdThenSent], [
+      new Close(1000, "bye"),
+      new Close(1000, "bye"),
+      false,
+    ]);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("connection: recv({ signal }) rejects with the abort reason and keeps the message", async () => {
+  const release = deferred();
+  const { server, uri } = serveLocal(async (ws) => {
+    await release.promise;
+    await ws.send("later");
+    await ws.recv().catch(() => {});
+  });
+  const ws = await connect(uri);
+  try {
+    const controller = new AbortController();
+    const waiting = ws.recv({ signal: controller.signal });
+    const reason = new Error("stop waiting");
+    controller.abort(reason);
+    assert.equal(await rejection(waiting), reason);
+    assert.equal(await rejection(ws.recv({ signal: controller.signal })), reason);
+    release.resolve();
+    assert.equal(await ws.recv(), "later");
+  } finally {
+    await ws.close();
+    await server.close();
+  }
+});
+
+Deno.test("connection: readable yields the messages and closes on a normal closure", async () => {
+  const { server, uri } = serveLocal(async (ws) => {
+    await ws.send("x");
+    await ws.send(new Uint8Array([9]));
+    await ws.close();
+  });
+  const ws = await connect(uri);
+  try {
+    const received = await Array.fromAsync(ws.readable);
+    assert.deepEqual(received, ["x", new Uint8Array([9])]);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("connection: readable errors with ConnectionClosedError on an abnormal closure", async () => {
+  const { server, uri } = serveLocal((ws) => ws.close(1011));
+  const ws = await connect(uri);
+  try {
+    const error = await rejection(Array.fromAsync(ws.readable));
+    assert.ok(error instanceof ConnectionClosedError);
+    assert.equal(error.code, 1011);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("connection: writable sends each chunk and closing it closes the connection", async () => {
+  const seen = deferred<unknown>();
+  const { server, uri } = serveLocal(async (ws) => {
+    const received: Message[] = [];
+    for await (const message of ws) received.push(message);
+    const result = await ws.closed;
+    seen.resolve({ received, code: result.code });
+  });
+  const ws = await connect(uri);
+  try {
+    await ReadableStream.from<Message>(["one", new Uint8Array([2]), "three"]).pipeTo(ws.writable);
+    assert.deepEqual(await within(seen.promise, 2000, "server side"), {
+      received: ["one", new Uint8Array([2]), "three"],
+      code: 1000,
+    });
+    assert.equal(ws.state, State.CLOSED);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("connection: await using closes the connection with 1001", async () => {
+  const seen = deferred<number>();
+  const { server, uri } = serveLocal(async (ws) => {
+    await ws.recv().catch(() => {});
+    seen.resolve((await ws.closed).code);
+  });
+  let connection: StreamConnection | undefined;
+  try {
+    {
+      await using ws = await connect(uri);
+      connection = ws;
+      await ws.send("hi");
+    }
+    assert.deepEqual([connection.state, await within(seen.promise, 2000, "server side")], [
+      State.CLOSED,
+      1001,
+    ]);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("connection: closing during a fragmented send fails the connection with 1011", async () => {
+  const seen = deferred<number>();
+  const { server, uri } = serveLocal(async (ws) => {
+    await ws.recv().catch(() => {});
+    seen.resolve((await ws.closed).code);
+  });
+  const ws = await connect(uri);
+  try {
+    const gate = deferred();
+    const sending = ws.send((async function* () {
+      yield "first";
+      yield "second";
+      await gate.promise;
+      yield "never sent";
+    })());
+    await delay(50);
+    assert.equal(ws.sendingFragmented, true);
+    await ws.close();
+    gate.resolve();
+    assert.ok((await rejection(sending)) instanceof ConnectionClosedError);
+    assert.equal(await within(seen.promise, 2000, "server side"), 1011);
+  } finally {
+    await server.close();
+  }
+});
+
+// ---- maxSize
+
+Deno.test("connection: a client receiving a message over maxSize closes with 1009", async () => {
+  const { server, uri } = serveLocal(async (ws) => {
+    await ws.send(new Uint8Array(1025));
+    await ws.recv().catch(() => {});
+  });
+  const ws = await connect(uri, { maxSize: 1024 });
+  try {
+    const error = await rejection(ws.recv());
+    assert.ok(error instanceof ConnectionClosedError);
+    assert.ok(error.cause instanceof PayloadTooBig);
+    assert.deepEqual([error.sent, error.cause.message], [
+      new Close(1009, "message too big: 1025 bytes exceeds maxSize of 1024 bytes"),
+      "message too big: 1025 bytes exceeds maxSize of 1024 bytes",
+    ]);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("connection: a server receiving a message over maxSize closes with 1009", async () => {
+  const seen = deferred<unknown>();
+  const { server, uri } = serveLocal(async (ws) => {
+    const error = await rejection(ws.recv());
+    seen.resolve((error as ConnectionClosedError).sent);
+  }, { maxSize: 1000 });
+  const ws = await connect(uri);
+  try {
+    await ws.send("x".repeat(1001));
+    const error = await rejection(ws.recv());
+    assert.ok(error instanceof ConnectionClosedError);
+    const expected = new Close(1009, "message too big: 1001 bytes exceeds maxSize of 1000 bytes");
+    assert.deepEqual([error.rcvd, await within(seen.promise, 2000, "server side")], [
+      expected,
+      expected,
+    ]);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("connection: a message over maxSize spread over fragments closes with 1009", async () => {
+  const closes = deferred<unknown>();
+  const raw = new RawServer(async (peer) => {
+    await acceptRaw(peer);
+    await peer.write(
+      new Frame(Opcode.BINARY, new Uint8Array(600), { fin: false }).serialize({ mask: false }),
+    );
+    await peer.write(new Frame(Opcode.CONT, new Uint8Array(600)).serialize({ mask: false }));
+    closes.resolve(closeOf(await readUntilClose(peer, true)));
+  });
+  const ws = await connect(raw.uri(), { maxSize: 1000, compression: null, closeTimeout: 200 });
+  try {
+    const error = await rejection(ws.recv());
+    assert.ok(error instanceof ConnectionClosedError);
+    assert.deepEqual(await within(closes.promise, 2000, "close frame"), {
+      code: 1009,
+      reason: "message too big: 1200 bytes exceeds maxSize of 1000 bytes",
+    });
+  } finally {
+    await raw.close();
+  }
+});
+
+Deno.test("connection: raising maxSize accepts 10 MiB messages both ways", async () => {
+  const big = randomBytes(10 * 1024 * 1024);
+  const { server, uri } = serveLocal(echo, { maxSize: 16 * 1024 * 1024 });
+  const ws = await connect(uri, { maxSize: 16 * 1024 * 1024 });
+  try {
+    await ws.send(big);
+    const reply = await ws.recv();
+    assert.ok(reply instanceof Uint8Array);
+    assert.equal(reply.length, big.length);
+    assert.ok(reply.every((byte, i) => byte === big[i]), "10 MiB echo differs");
+  } finally {
+    await ws.close();
+    await server.close();
+  }
+});
+
+// ---- maxQueue and writeLimit: backpressure
+
+Deno.test("connection: maxQueue stops reading so the peer's writes block", async () => {
+  const messageSize = 300 * 1024; // more than one read, so each read completes one message at most
+  const frame = new Frame(Opcode.BINARY, randomBytes(messageSize)).serialize({ mask: false });
+  const blocked = deferred<number>();
+  const sentTotal = deferred<number>();
+  const resume = deferred();
+  const raw = new RawServer(async (peer) => {
+    await acceptRaw(peer);
+    let sent = 0;
+    // Write until a write stays pending for 300 ms: the client stopped reading.
+    while (sent < 400) {
+      const write = peer.write(frame);
+      if (await pendingAfter(write, 300)) {
+        blocked.resolve(sent);
+        await write;
+        sent++;
+        break;
+      }
+      sent++;
+    }
+    sentTotal.resolve(sent);
+    await resume.promise;
+    await peer.write(closeFrame(1000));
+    await readUntilClose(peer, true);
+  });
+  const ws = await connect(raw.uri(), { maxQueue: 4, compression: null, pingInterval: null });
+  try {
+    const sentBeforeBlocking = await within(blocked.promise, 20_000, "peer blocked");
+    assert.ok(sentBeforeBlocking < 400, `peer never blocked after ${sentBeforeBlocking} messages`);
+    assert.equal(ws.messagesQueued, 4);
+    let received = 0;
+    const reading = (async () => {
+      for await (const message of ws) {
+        assert.equal((message as Uint8Array).length, messageSize);
+        assert.ok(ws.messagesQueued <= 4, `${ws.messagesQueued} messages queued`);
+        received++;
+      }
+    })();
+    const total = await within(sentTotal.promise, 10_000, "peer unblocked");
+    resume.resolve();
+    await within(reading, 10_000, "reading");
+    assert.equal(received, total);
+  } finally {
+    await ws.close();
+    await raw.close();
+  }
+});
+
+Deno.test("connection: send() waits while the buffer is over writeLimit and the peer doesn't read", async () => {
+  const startReading = deferred();
+  const raw = new RawServer(async (peer) => {
+    await acceptRaw(peer);
+    await startReading.promise;
+    await readUntilClose(peer, true);
+    await peer.write(closeFrame(1000));
+  });
+  const ws = await connect(raw.uri(), {
+    writeLimit: 64 * 1024,
+    compression: null,
+    pingInterval: null,
+  });
+  try {
+    const chunk = randomBytes(1024 * 1024);
+    let sends = 0;
+    let pending: Promise<void> | undefined;
+    while (sends < 200) {
+      const send = ws.send(chunk);
+      sends++;
+      if (await pendingAfter(send, 300)) {
+        pending = send;
+        break;
+      }
+    }
+    assert.ok(pending !== undefined, `send() never waited after ${sends} MiB`);
+    assert.ok(ws.bufferedAmount > 64 * 1024, `bufferedAmount ${ws.bufferedAmount}`);
+    startReading.resolve();
+    await within(pending, 10_000, "send after the peer read");
+    assert.ok(ws.bufferedAmount <= 64 * 1024, `bufferedAmount ${ws.bufferedAmount}`);
+  } finally {
+    startReading.resolve();
+    await ws.close();
+    await raw.close();
+  }
+});
+
+// ---- keepalive and closeTimeout against peers that don't answer
+
+Deno.test("connection: keepalive closes with 1011 when the server never answers pings", async () => {
+  const frames = deferred<unknown[]>();
+  const raw = new RawServer(async (peer) => {
+    await acceptRaw(peer);
+    const seen = [];
+    let frame;
+    do {
+      frame = await peer.readFrame(true);
+      seen.push(frame?.opcode);
+    } while (frame !== undefined && frame.opcode !== Opcode.CLOSE);
+    frames.resolve([seen, closeOf(frame)]);
+    await peer.readToEnd();
+  });
+  const started = performance.now();
+  const ws = await connect(raw.uri(), { pingInterval: 100, pingTimeout: 100, closeTimeout: 200 });
+  try {
+    const result = await within(ws.closed, 3000, "keepalive");
+    const elapsed = performance.now() - started;
+    assert.deepEqual(await frames.promise, [
+      [Opcode.PING, Opcode.CLOSE],
+      { code: 1011, reason: "keepalive ping timeout" },
+    ]);
+    assert.deepEqual([result.sent, result.code, result.wasClean], [
+      new Close(1011, "keepalive ping timeout"),
+      1006,
+      false,
+    ]);
+    assert.ok(elapsed >= 200 && elapsed < 1500, `closed after ${elapsed} ms`);
+  } finally {
+    await raw.close();
+  }
+});
+
+Deno.test("connection: keepalive keeps a connection whose peer answers pings", async () => {
+  const { server, uri } = serveLocal(echo, { pingInterval: null });
+  const ws = await connect(uri, { pingInterval: 50, pingTimeout: 100 });
+  try {
+    await delay(400);
+    assert.deepEqual([ws.state, ws.latency > 0], [State.OPEN, true]);
+  } finally {
+    await ws.close();
+    await server.close();
+  }
+});
+
+Deno.test("connection: closeTimeout bounds a close the server never answers", async () => {
+  const closeRead = deferred<unknown>();
+  const raw = new RawServer(async (peer) => {
+    await acceptRaw(peer);
+    closeRead.resolve(closeOf(await readUntilClose(peer, true)));
+    await peer.readToEnd(); // never answers, never closes
+  });
+  const ws = await connect(raw.uri(), { closeTimeout: 300 });
+  try {
+    const started = performance.now();
+    await within(ws.close(1000, "bye"), 3000, "close");
+    const elapsed = performance.now() - started;
+    const result = await ws.closed;
+    assert.deepEqual(await closeRead.promise, { code: 1000, reason: "bye" });
+    assert.deepEqual([result.code, result.wasClean, result.sent], [
+      1006,
+      false,
+      new Close(1000, "bye"),
+    ]);
+    assert.ok(elapsed >= 250 && elapsed < 1500, `closed after ${elapsed} ms`);
+  } finally {
+    await raw.close();
+  }
+});
+
+Deno.test("connection: closeTimeout bounds the wait for the server to close TCP", async () => {
+  const raw = new RawServer(async (peer) => {
+    await acceptRaw(peer);
+    await readUntilClose(peer, true);
+    await peer.write(closeFrame(1000, "bye"));
+    await peer.readToEnd(); // answers the close but keeps TCP open
+  });
+  const ws = await connect(raw.uri(), { closeTimeout: 300 });
+  try {
+    const started = performance.now();
+    await within(ws.close(1000, "bye"), 3000, "close");
+    const elapsed = performance.now() - started;
+    const result = await ws.closed;
+    assert.deepEqual([result.code, result.wasClean], [1000, true]);
+    assert.ok(elapsed < 1500, `closed after ${elapsed} ms`);
+  } finally {
+    await raw.close();
+  }
+});
+
+Deno.test("connection: a server drops a client that never answers its close within closeTimeout", async () => {
+  const closed = deferred<unknown>();
+  const { server } = serveLocal(async (ws) => {
+    const started = performance.now();
+    await ws.close(1000, "bye");
+    const result = await ws.closed;
+    closed.resolve({
+      code: result.code,
+      wasClean: result.wasClean,
+      fast: performance.now() - started < 1500,
+    });
+  }, { closeTimeout: 300 });
+  const peer = await RawPeer.connect(server.port);
+  try {
+    await peer.write(
+      `GET / HTTP/1.1\r\nHost: ${HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    assert.ok((await peer.readHead())?.startsWith("HTTP/1.1 101"));
+    assert.deepEqual(closeOf(await peer.readFrame()), { code: 1000, reason: "bye" });
+    // Never answer: the server closes TCP after closeTimeout.
+    assert.deepEqual(await within(closed.promise, 3000, "server close"), {
+      code: 1006,
+      wasClean: false,
+      fast: true,
+    });
+    assert.equal(await within(peer.readFrame(), 1000, "EOF"), undefined);
+  } finally {
+    peer.close();
+    await server.close();
+  }
+});
+
+Deno.test("connection: a server keepalive closes with 1011 when the client never pongs", async () => {
+  const closed = deferred<unknown>();
+  const { server } = serveLocal(async (ws: ServerConnection) => {
+    await ws.recv().catch(() => {});
+    const result = await ws.closed;
+    closed.resolve(result.sent);
+  }, { pingInterval: 100, pingTimeout: 100, closeTimeout: 200 });
+  const peer = await RawPeer.connect(server.port);
+  try {
+    await peer.write(
+      `GET / HTTP/1.1\r\nHost: ${HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    assert.ok((await peer.readHead())?.startsWith("HTTP/1.1 101"));
+    assert.deepEqual(
+      [(await peer.readFrame())?.opcode, closeOf(await peer.readFrame())],
+      [Opcode.PING, { code: 1011, reason: "keepalive ping timeout" }],
+    );
+    assert.deepEqual(
+      await within(closed.promise, 3000, "server close"),
+      new Close(1011, "keepalive ping timeout"),
+    );
+  } finally {
+    peer.close();
+    await server.close();
+  }
+});
