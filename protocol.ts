@@ -1342,7 +1342,8 @@ export class ServerProtocol extends Protocol {
    * anything else ends it: the transport is closed after the response.
    */
   sendResponse(response: Response): void {
-    if (this.state !== State.CONNECTING || this.response !== undefined) {
+    // After failConnection(), the transport is closing: no response may follow.
+    if (this.state !== State.CONNECTING || this.response !== undefined || this.eofSent) {
       throw new InvalidState(`cannot send a handshake response in state ${stateName(this.state)}`);
     }
     this.response = response;
