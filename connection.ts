@@ -1125,6 +1125,9 @@ export class StreamConnection extends Connection {
         } catch (readError) {
           if (this.#transportClosed) break;
           this.logger?.debug(`connection ${this.id}: read failed: ${readError}`);
+          // During the handshake the read error (e.g. an untrusted TLS
+          // certificate) says more than "connection closed": report it.
+          if (protocol.state === State.CONNECTING) this.#settleHandshake(readError);
           chunk = null;
         }
         if (chunk === null) {
