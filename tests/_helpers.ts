@@ -60,7 +60,7 @@ export async function pendingAfter(promise: Promise<unknown>, ms: number): Promi
 }
 
 /** Awaits `promise` and returns what it rejected with; fails when it resolves. */
-export async function rejection(promise: Promise<unknown>): Promise<unknown> {
+export async function rejection(promise: PromiseLike<unknown>): Promise<unknown> {
   try {
     await promise;
   } catch (error) {
@@ -336,6 +336,8 @@ export async function selfSignedCert(): Promise<TlsFiles> {
       "/CN=localhost",
       "-addext",
       "subjectAltName=DNS:localhost,IP:127.0.0.1",
+      "-addext",
+      "basicConstraints=critical,CA:FALSE", // a leaf certificate: CA certificates are refused as such
       "-keyout",
       keyFile,
       "-out",
