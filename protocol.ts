@@ -42,6 +42,7 @@ import {
   InvalidState,
   InvalidStatus,
   InvalidUpgrade,
+  InvalidURI,
   NegotiationError,
   PayloadTooBig,
   ProtocolError,
@@ -822,10 +823,13 @@ export class ClientProtocol extends Protocol {
     headers.append("Host", uri.port === defaultPort ? host : `${host}:${uri.port}`);
     const userInfo = uri.userInfo;
     if (userInfo !== undefined) {
-      headers.append(
-        "Authorization",
-        buildAuthorizationBasic(decodeURIComponent(userInfo[0]), decodeURIComponent(userInfo[1])),
-      );
+      let credentials: string[];
+      try {
+        credentials = userInfo.map(decodeURIComponent);
+      } catch {
+        throw new InvalidURI(uri.toString(), "user info isn't percent-encoded UTF-8");
+      }
+      headers.append("Authorization", buildAuthorizationBasic(credentials[0], credentials[1]));
     }
     if (options.origin !== undefined) headers.append("Origin", options.origin);
     headers.append("Upgrade", "websocket");
