@@ -128,7 +128,7 @@ const CLOSE_CODE_EXPLANATIONS: Record<number, string> = {
 
 /**
  * Whether `code` may appear in a close frame on the wire (RFC 6455 §7.4):
- * 1000–1003, 1007–1014 and 3000–4999.
+ * an integer in 1000–1003, 1007–1014 or 3000–4999.
  *
  * @example
  * ```ts
@@ -137,8 +137,9 @@ const CLOSE_CODE_EXPLANATIONS: Record<number, string> = {
  * ```
  */
 export function isValidCloseCode(code: number): boolean {
-  return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) ||
-    (code >= 3000 && code <= 4999);
+  return Number.isInteger(code) &&
+    ((code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) ||
+      (code >= 3000 && code <= 4999));
 }
 
 /** Options of the {@linkcode Frame} constructor: the header bits other than the opcode. */
@@ -228,11 +229,15 @@ export class Frame {
 
   /**
    * Serializes the frame with the minimal length encoding; a masked frame
-   * gets a random key unless `maskingKey` is given. Returns a new buffer and
-   * never changes `data`.
+   * gets a random key unless `maskingKey` (4 bytes, else a `RangeError`) is
+   * given. Returns a new buffer and never changes `data`.
    */
   serialize(options: SerializeOptions): Uint8Array {
     this.check();
+    const maskingKey = options.maskingKey;
+    if (maskingKey !== undefined && maskingKey.length !== 4) {
+      throw new RangeError(`masking key must be 4 bytes, got ${maskingKey.length}`);
+    }
     const length = this.data.length;
     const mask = options.mask;
     const headerLength = (length < 126 ? 2 : length < 65536 ? 4 : 10) + (mask ? 4 : 0);
