@@ -1,0 +1,543 @@
+// serve() over real loopback sockets: handshake rejections with their exact
+// HTTP statuses, hooks, handler errors, shutdown and many connections.
+
+import assert from "node:assert/strict";
+import { connect } from "../client.ts";
+import type { StreamConnection } from "../connection.ts";
+import { ConnectionClosedError, InvalidStatus } from "../errors.ts";
+import { Close } from "../frames.ts";
+import { Headers } from "../headers.ts";
+import { Response } from "../http11.ts";
+import { basicAuth, SERVER_HEADER } from "../server.ts";
+import {
+  echo,
+  handshakeRequest,
+  HOST,
+  type HttpHead,
+  RawPeer,
+  rejection,
+  serveLocal,
+  within,
+} from "./_helpers.ts";
+
+/** Sends `request` on a new raw connection and reads the whole response. */
+async function rawExchange(port: number, request: string): Promise<HttpHead> {
+  const peer = await RawPeer.connect(port);
+  try {
+    await peer.write(request);
+    return await within(peer.readResponse(), 3000, "HTTP response");
+  } finally {
+    peer.close();
+  }
+}
+
+/** The status, selected headers and body of a response, for whole-value comparisons. */
+function summary(response: HttpHead, headers: string[] = []): Record<string, unknown> {
+  const picked: Record<string, string | undefined> = {};
+  for (const name of headers) picked[name] = response.headers[name];
+  return { status: response.status, headers: picked, body: response.body };
+}
+
+// ---- handshake rejections, with their HTTP status
+
+Deno.test("server: a malformed request is answered 400", async () => {
+  const { server } = serveLocal(echo);
+  try {
+    const response = await rawExchange(server.port, "HELLO\r\n\r\n");
+    assert.deepEqual(summary(response, ["connection"]), {
+      status: 400,
+      headers: { connection: "close" },
+      body: "Failed to open a WebSocket connection: invalid HTTP request line: HELLO.\n",
+    });
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("server: a request with a bad Sec-WebSocket-Key is answered 400", async () => {
+  const { server } = serveLocal(echo);
+  try {
+    const response = await rawExchange(
+      server.port,
+      handshakeRequest(server.port, { key: "not-a-key" }),
+    );
+    assert.deepEqual(summary(response), {
+      status: 400,
+      headers: {},
+      body: "Failed to open a WebSocket connection: invalid Sec-WebSocket-Key header: not-a-key.\n",
+    });
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("server: a request without Sec-WebSocket-Key is answered 400", async () => {
+  const { server } = serveLocal(echo);
+  try {
+    const response = await rawExchange(
+      server.port,
+      handshakeRequest(server.port, { headers: { "Sec-WebSocket-Key": "" } }),
+    );
+    assert.deepEqual(summary(response), {
+      status: 400,
+      headers: {},
+      body: "Failed to open a WebSocket connection: missing Sec-WebSocket-Key header.\n",
+    });
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("server: a request over the header count limit is answered 400", async () => {
+  const { server } = serveLocal(echo, { httpLimits: { maxNumHeaders: 8 } });
+  try {
+    const headers: Record<string, string> = {};
+    for (let i = 0; i < 10; i++) headers[`X-Extra-${i}`] = "1";
+    const response = await rawExchange(server.port, handshakeRequest(server.port, { headers }));
+    assert.deepEqual(summary(response), {
+      status: 400,
+      headers: {},
+      body: "Failed to open a WebSocket connection: too many HTTP headers: limit is 8.\n",
+    });
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("server: a request with a header line over 8 192 bytes is answered 400", async () => {
+  const { server } = serveLocal(echo);
+  try {
+    const response = await rawExchange(
+      server.port,
+      handshakeRequest(server.port, { headers: { "X-Long": "a".repeat(9000) } }),
+    );
+    assert.deepEqual(summary(response), {
+      status: 400,
+      headers: {},
+      body: "Failed to open a WebSocket connection: line too long: limit is 8192 bytes.\n",
+    });
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("server: an Origin not in origins is answered 403", async () => {
+  const { server } = serveLocal(echo, { origins: ["https://good.example"] });
+  try {
+    const response = await rawExchange(
+      server.port,
+      handshakeRequest(server.port, { headers: { Origin: "https://evil.example" } }),
+    );
+    assert.deepEqual(summary(response), {
+      status: 403,
+      headers: {},
+      body: "Failed to open a WebSocket connection: invalid Origin header: https://evil.example.\n",
+    });
+    const good = await connect(`ws://${HOST}:${server.port}/`, { origin: "https://good.example" });
+    await good.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("server: an unsupported Sec-WebSocket-Version is answered 426", async () => {
+  const { server } = serveLocal(echo);
+  try {
+    const response = await rawExchange(
+      server.port,
+      handshakeRequest(server.port, { headers: { "Sec-WebSocket-Version": "8" } }),
+    );
+    assert.deepEqual(summary(response, ["sec-websocket-version"]), {
+      status: 426,
+      headers: { "sec-websocket-version": "13" },
+      body: "Failed to open a WebSocket connection: invalid Sec-WebSocket-Version header: 8.\n",
+    });
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("server: a plain HTTP request without Upgrade is answered 426", async () => {
+  const { server } = serveLocal(echo);
+  try {
+    const response = await rawExchange(
+      server.port,
+      `GET / HTTP/1.1\r\nHost: ${HOST}:${server.port}\r\n\r\n`,
+    );
+    assert.deepEqual(summary(response, ["upgrade"]), {
+      status: 426,
+      headers: { upgrade: "websocket" },
+      body: "Failed to open a WebSocket connection: missing Connection header.\n\n" +
+        "You cannot access a WebSocket server directly with a browser. You need a WebSocket client.\n",
+    });
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("server: a request with Connection: Upgrade but no Upgrade header is answered 426", async () => {
+  const { server } = serveLocal(echo);
+  try {
+    const response = await rawExchange(
+      server.port,
+      handshakeRequest(server.port, { headers: { Upgrade: "" } }),
+    );
+    assert.deepEqual([response.status, response.headers.upgrade, response.body.split("\n")[0]], [
+      426,
+      "websocket",
+      "Failed to open a WebSocket connection: missing Upgrade header.",
+    ]);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("server: handshakes beyond maxConnections are answered 503", async () => {
+  const { server, uri } = serveLocal(echo, { maxConnections: 1 });
+  const first = await connect(uri);
+  try {
+    const response = await rawExchange(server.port, handshakeRequest(server.port));
+    assert.deepEqual(summary(response), {
+      status: 503,
+      headers: {},
+      body: "Too many connections: the limit is 1.\n",
+    });
+    await first.close();
+    await within(
+      (async () => {
+        while (server.connections.size !== 0) await new Promise((r) => setTimeout(r, 5));
+      })(),
+      2000,
+      "connection removed",
+    );
+    const second = await connect(uri);
+    await second.close();
+  } finally {
+    await first.close();
+    await server.close();
+  }
+});
+
+Deno.test("server: basicAuth answers 401 with WWW-Authenticate without valid credentials", async () => {
+  const { server } = serveLocal(echo, {
+    processRequest: basicAuth({
+      realm: "chat",
+      check: (user, password) => user === "alice" && password === "secret",
+    }),
+  });
+  try {
+    const missing = await rawExchange(server.port, handshakeRequest(server.port));
+    const wrong = await rawExchange(
+      server.port,
+      handshakeRequest(server.port, { headers: { Authorization: `Basic ${btoa("alice:nope")}` } }),
+    );
+    assert.deepEqual(
+      [summary(missing, ["www-authenticate"]), summary(wrong, ["www-authenticate"])],
+      [
+        {
+          status: 401,
+          headers: { "www-authenticate": 'Basic realm="chat", charset="UTF-8"' },
+          body: "Missing credentials\n",
+        },
+        {
+          status: 401,
+          headers: { "www-authenticate": 'Basic realm="chat", charset="UTF-8"' },
+          body: "Invalid credentials\n",
+        },
+      ],
+    );
+    const ws = await connect(`ws://alice:secret@${HOST}:${server.port}/`);
+    await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
+// ---- openTimeout against slow clients
+
+Deno.test("server: a client sending half a request is dropped within openTimeout", async () => {
+  const { server } = serveLocal(echo, { openTimeout: 200 });
+  const peer = await RawPeer.connect(server.port);
+  try {
+    const started = performance.now();
+    await peer.write(`GET / HTTP/1.1\r\nHost: ${HOST}\r\nUpgrade: webso`);
+    const rest = await within(peer.readToEnd(), 3000, "server closes");
+    const elapsed = performance.now() - started;
+    assert.deepEqual(rest, new Uint8Array(0));
+    assert.ok(elapsed >= 150 && elapsed < 1500, `dropped after ${elapsed} ms`);
+  } finally {
+    peer.close();
+    await server.close();
+  }
+});
+
+Deno.test("server: a client sending nothing is dropped within openTimeout", async () => {
+  const { server } = serveLocal(echo, { openTimeout: 200 });
+  const peer = await RawPeer.connect(server.port);
+  try {
+    const started = performance.now();
+    assert.deepEqual(await within(peer.readToEnd(), 3000, "server closes"), new Uint8Array(0));
+    const elapsed = performance.now() - started;
+    assert.ok(elapsed >= 150 && elapsed < 1500, `dropped after ${elapsed} ms`);
+  } finally {
+    peer.close();
+    await server.close();
+  }
+});
+
+Deno.test("server: a client that leaves before the handshake doesn't stop the server", async () => {
+  const { server, uri } = serveLocal(echo);
+  try {
+    (await RawPeer.connect(server.port)).close();
+    const half = await RawPeer.connect(server.port);
+    await half.write("GET / HTTP/1.1\r\n");
+    half.close();
+    const ws = await connect(uri);
+    await ws.send("still serving");
+    assert.equal(await ws.recv(), "still serving");
+    await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
+// ---- hooks
+
+Deno.test("server: processRequest answers plain HTTP with a WHATWG Response", async () => {
+  const { server, uri } = serveLocal(echo, {
+    processRequest: (_connection, request) =>
+      request.path === "/healthz"
+        ? new globalThis.Response("OK\n", { status: 200, headers: { "X-Health": "good" } })
+        : undefined,
+  });
+  try {
+    const response = await rawExchange(
+      server.port,
+      `GET /healthz HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`,
+    );
+    assert.deepEqual(summary(response, ["x-health", "content-length", "connection"]), {
+      status: 200,
+      headers: { "x-health": "good", "content-length": "3", connection: "close" },
+      body: "OK\n",
+    });
+    const ws = await connect(uri);
+    await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("server: processRequest answers with our Response and respond()", async () => {
+  const { server } = serveLocal(echo, {
+    processRequest: (connection, request) => {
+      if (request.path === "/teapot") {
+        const body = new TextEncoder().encode("short and stout\n");
+        return new Response(
+          418,
+          "I'm a teapot",
+          new Headers({ "Content-Length": String(body.length), Connection: "close" }),
+          body,
+        );
+      }
+      return connection.respond(404, "nothing here\n");
+    },
+  });
+  try {
+    const teapot = await rawExchange(server.port, `GET /teapot HTTP/1.1\r\nHost: x\r\n\r\n`);
+    const missing = await rawExchange(server.port, handshakeRequest(server.port));
+    assert.deepEqual([summary(teapot), summary(missing, ["content-type"])], [
+      { status: 418, headers: {}, body: "short and stout\n" },
+      {
+        status: 404,
+        headers: { "content-type": "text/plain; charset=utf-8" },
+        body: "nothing here\n",
+      },
+    ]);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("server: processRequest may be async and see the request", async () => {
+  const { server, uri } = serveLocal(echo, {
+    processRequest: async (_connection, request) => {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+      return request.headers.get("X-Allowed") === "yes"
+        ? undefined
+        : new globalThis.Response("no\n", { status: 403 });
+    },
+  });
+  try {
+    const error = await rejection(connect(uri));
+    assert.ok(error instanceof InvalidStatus);
+    assert.equal(error.response.statusCode, 403);
+    const ws = await connect(uri, { additionalHeaders: { "X-Allowed": "yes" } });
+    await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("server: processResponse adds a header to the 101 response", async () => {
+  const { server, uri } = serveLocal(echo, {
+    processResponse: (_connection, request, response) => {
+      response.headers.append("X-Request-Path", request.path);
+      return undefined;
+    },
+  });
+  try {
+    const ws = await connect(uri + "chat?room=1");
+    assert.deepEqual([ws.response?.statusCode, ws.response?.headers.get("X-Request-Path")], [
+      101,
+      "/chat?room=1",
+    ]);
+    await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("server: processResponse may replace the response", async () => {
+  const { server, uri } = serveLocal(echo, {
+    processResponse: () => new globalThis.Response("maintenance\n", { status: 503 }),
+  });
+  try {
+    const error = await rejection(connect(uri));
+    assert.ok(error instanceof InvalidStatus);
+    assert.deepEqual(
+      [error.response.statusCode, new TextDecoder().decode(error.response.body)],
+      [503, "maintenance\n"],
+    );
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("server: the Server header is sent by default and left out with null", async () => {
+  const withHeader = serveLocal(echo);
+  const without = serveLocal(echo, { serverHeader: null });
+  try {
+    const a = await connect(withHeader.uri);
+    const b = await connect(without.uri);
+    assert.deepEqual([a.response?.headers.get("Server"), b.response?.headers.get("Server")], [
+      SERVER_HEADER,
+      undefined,
+    ]);
+    await a.close();
+    await b.close();
+  } finally {
+    await withHeader.server.close();
+    await without.server.close();
+  }
+});
+
+Deno.test("server: selectSubprotocol picks among the offered subprotocols", async () => {
+  const { server, uri } = serveLocal((ws) => ws.send(String(ws.subprotocol)), {
+    selectSubprotocol: (offered) => offered.find((name) => name.endsWith(".v2")),
+  });
+  try {
+    const ws = await connect(uri, { subprotocols: ["chat.v1", "chat.v2"] });
+    assert.deepEqual([ws.subprotocol, await ws.recv()], ["chat.v2", "chat.v2"]);
+    await ws.closed;
+  } finally {
+    await server.close();
+  }
+});
+
+// ---- handlers, shutdown, scale
+
+Deno.test("server: a handler exception closes with 1011 and the server keeps serving", async () => {
+  let calls = 0;
+  const { server, uri } = serveLocal(async (ws) => {
+    if (++calls === 1) throw new Error("handler bug");
+    await echo(ws);
+  }, { logger: { debug() {}, info() {}, warn() {}, error() {} } });
+  try {
+    const broken = await connect(uri);
+    const error = await rejection(broken.recv());
+    assert.ok(error instanceof ConnectionClosedError);
+    assert.deepEqual(error.rcvd, new Close(1011, "internal error"));
+    const ws = await connect(uri);
+    await ws.send("fine");
+    assert.equal(await ws.recv(), "fine");
+    await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("server: the connection closes with 1000 when the handler returns", async () => {
+  const { server, uri } = serveLocal(() => {});
+  try {
+    const ws = await connect(uri);
+    const result = await within(ws.closed, 2000, "close");
+    assert.deepEqual([result.code, result.wasClean], [1000, true]);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("server: close() closes every connection with 1001 and stops accepting", async () => {
+  const { server, uri } = serveLocal(echo);
+  const clients: StreamConnection[] = [];
+  for (let i = 0; i < 3; i++) clients.push(await connect(uri));
+  assert.equal(server.connections.size, 3);
+  await within(server.close(), 3000, "server.close()");
+  const results = await Promise.all(clients.map((ws) => ws.closed));
+  assert.deepEqual(results.map((result) => [result.code, result.reason]), [
+    [1001, "server shutting down"],
+    [1001, "server shutting down"],
+    [1001, "server shutting down"],
+  ]);
+  assert.equal(server.connections.size, 0);
+  const error = await rejection(connect(uri));
+  assert.ok(error instanceof Deno.errors.ConnectionRefused);
+  await server.finished;
+});
+
+Deno.test("server: aborting the signal closes the server", async () => {
+  const controller = new AbortController();
+  const { server, uri } = serveLocal(echo, { signal: controller.signal });
+  const ws = await connect(uri);
+  controller.abort();
+  await within(server.finished, 3000, "server finished");
+  assert.equal((await ws.closed).code, 1001);
+});
+
+Deno.test("server: await using closes the server", async () => {
+  let ws: StreamConnection;
+  {
+    await using server = serveLocal(echo).server;
+    ws = await connect(`ws://${HOST}:${server.port}/`);
+  }
+  assert.equal((await ws.closed).code, 1001);
+});
+
+Deno.test("server: handles 1000 concurrent connections", async () => {
+  const { server, uri } = serveLocal(echo, { compression: null, pingInterval: null });
+  const clients: StreamConnection[] = [];
+  try {
+    const started = performance.now();
+    // Connect in batches so the listen backlog never overflows.
+    for (let batch = 0; batch < 10; batch++) {
+      clients.push(
+        ...await Promise.all(
+          Array.from(
+            { length: 100 },
+            () => connect(uri, { compression: null, pingInterval: null }),
+          ),
+        ),
+      );
+    }
+    assert.equal(server.connections.size, 1000);
+    await Promise.all(clients.map((ws, i) => ws.send(`message ${i}`)));
+    const replies = await Promise.all(clients.map((ws) => ws.recv()));
+    assert.deepEqual(replies, clients.map((_, i) => `message ${i}`));
+    await Promise.all(clients.map((ws) => ws.close()));
+    const elapsed = performance.now() - started;
+    assert.ok(elapsed < 15_000, `took ${elapsed} ms`);
+  } finally {
+    await Promise.all(clients.map((ws) => ws.close()));
+    await server.close();
+  }
+});
