@@ -15,6 +15,7 @@ import {
   InvalidMessage,
   InvalidOrigin,
   InvalidState,
+  InvalidStatus,
   InvalidUpgrade,
   NegotiationError,
   PayloadTooBig,
@@ -886,4 +887,38 @@ Deno.test("deploy: broadcast() throws ConcurrencyError while a fragmented send c
     assert.deepEqual([await ws.recv(), await ws.recv()], ["fragment", "after"]);
     await ws.close();
   });
+});
+
+// ---------------------------------------------------------------- example
+
+Deno.test("deploy: the chat example serves its page and broadcasts to everyone", async () => {
+  const { default: app } = await import("../examples/deploy_chat.ts");
+  const server = listen(app.fetch);
+  try {
+    const page = await fetch(`http://${HOST}:${server.port}/`);
+    assert.deepEqual(
+      [page.status, page.headers.get("content-type"), (await page.text()).includes("/ws")],
+      [200, "text/html; charset=utf-8", true],
+    );
+    const missing = await fetch(`http://${HOST}:${server.port}/nope`);
+    assert.deepEqual([missing.status, await missing.text()], [404, "Not found\n"]);
+    const a = await connect(`${server.url}/ws`);
+    const aJoined = await a.recv();
+    const b = await connect(`${server.url}/ws`);
+    const bJoined = await b.recv();
+    assert.deepEqual(await a.recv(), bJoined);
+    await a.send("hello");
+    const line = `${(aJoined as string).replace(" joined", "")}: hello`;
+    assert.deepEqual([await a.recv(), await b.recv()], [line, line]);
+    await b.close();
+    assert.equal(await a.recv(), (bJoined as string).replace("joined", "left"));
+    await a.close();
+    const foreign = await rejection(
+      Promise.resolve(connect(`${server.url}/ws`, { origin: "https://evil.example" })),
+    );
+    assert.ok(foreign instanceof InvalidStatus);
+    assert.equal(foreign.response.statusCode, 403);
+  } finally {
+    await server.close();
+  }
 });
