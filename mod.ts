@@ -32,3 +32,5 @@ export * from "./permessage_deflate.ts";
 export * from "./connection.ts";
 export * from "./client.ts";
 export * from "./server.ts";
+export * from "./broadcast.ts";
+export * from "./deploy.ts";
