@@ -1,0 +1,932 @@
+/**
+ * Side-by-side WebSocket server benchmarks: this library against Deno's built-in WebSocket,
+ * npm `ws` under Node.js and Bun, all driven by the same C load generator (`bench/loadgen.c`).
+ *
+ *   deno run -A bench/run.ts [--full] [--deflate] [--servers a,b] [--scenarios x,y]
+ *                            [--seconds S] [--warmup S] [--repeat N]
+ *
+ * Each measurement starts a fresh server pinned to CPU 0 (`taskset -c 0`) and the load generator
+ * pinned to CPU 1 (`taskset -c 1`), waits for the server's `listening on` line, runs one
+ * scenario, and kills the server by PID. Servers run interleaved (rotating the order every
+ * repetition), each scenario is repeated (3 times by default), and the tables report medians and
+ * each server's ratio to Deno's built-in server from the same run. Results are also written to
+ * `bench/results/latest.json`.
+ *
+ * @module
+ */
+
+const BENCH_DIR = new URL(".", import.meta.url).pathname.replace(/\/$/, "");
+const LOADGEN_SOURCE = `${BENCH_DIR}/loadgen.c`;
+const LOADGEN = `${BENCH_DIR}/loadgen`;
+const NODE_MODULES = `${BENCH_DIR}/node_modules`;
+const BUN = `${NODE_MODULES}/@oven/bun-linux-x64/bin/bun`;
+const RESULTS = `${BENCH_DIR}/results/latest.json`;
+/**
+ * The peers' npm packages, pinned. They are installed into bench/node_modules without a
+ * package.json: a package.json under bench/ would make Deno treat bench/ as a separate package
+ * (other formatting and lint settings than the project's).
+ */
+const NPM_PACKAGES = ["ws@8.23.0", "bufferutil@4.1.0"];
+const NPM_BUN = "@oven/bun-linux-x64@1.4.5";
+const SERVER_CPU = "0";
+const LOADGEN_CPU = "1";
+/** The ratio column divides by this server's median. */
+const BASELINE = "deno_builtin";
+/** Other processes' CPU use (% of one core) above which a run is flagged as disturbed. */
+const BUSY_WARNING = 20;
+/** Broadcast pacing: at most this many messages not yet delivered to every client. */
+const BROADCAST_WINDOW = "32";
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+interface Options {
+  full: boolean;
+  deflate: boolean;
+  servers?: string[];
+  scenarios?: string[];
+  seconds: number;
+  warmup: number;
+  repeat: number;
+}
+
+function usage(message?: string): never {
+  if (message) console.error(`run.ts: ${message}`);
+  console.error(
+    "usage: deno run -A bench/run.ts [--full] [--deflate] [--servers a,b] [--scenarios x,y]\n" +
+      "                                [--seconds S] [--warmup S] [--repeat N]",
+  );
+  Deno.exit(64);
+}
+
+function parseOptions(args: string[]): Options {
+  const options: Options = { full: false, deflate: false, seconds: 1, warmup: 1, repeat: 3 };
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    const [name, inline] = arg.includes("=") ? arg.split("=", 2) : [arg, undefined];
+    const value = (): string => {
+      const v = inline ?? args[++i];
+      if (v === undefined) usage(`${name} needs a value`);
+      return v;
+    };
+    const number = (lo: number, hi: number): number => {
+      const text = value();
+      const n = Number(text);
+      if (!Number.isFinite(n) || n < lo || n > hi) {
+        usage(`${name} must be a number from ${lo} to ${hi}, got ${text}`);
+      }
+      return n;
+    };
+    switch (name) {
+      case "--full":
+        options.full = true;
+        break;
+      case "--deflate":
+        options.deflate = true;
+        break;
+      case "--servers":
+        options.servers = value().split(",").filter(Boolean);
+        break;
+      case "--scenarios":
+        options.scenarios = value().split(",").filter(Boolean);
+        break;
+      case "--seconds":
+        options.seconds = number(0.1, 600);
+        break;
+      case "--warmup":
+        options.warmup = number(0, 60);
+        break;
+      case "--repeat":
+        options.repeat = Math.round(number(1, 100));
+        break;
+      case "--help":
+      case "-h":
+        usage();
+        break;
+      default:
+        usage(`unknown option ${arg}`);
+    }
+  }
+  return options;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Servers
+
+interface Server {
+  /** Name used in `--servers` and in the JSON results. */
+  name: string;
+  /** Column title. */
+  title: string;
+  /** Command line (without the CPU pinning) for a port and the deflate switch. */
+  command(port: number, deflate: boolean): string[];
+  /** Why the server cannot run here, or undefined when it can. */
+  unavailable(): Promise<string | undefined>;
+}
+
+function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function output(cmd: string, args: string[]): Promise<string | undefined> {
+  try {
+    const { success, stdout } = await new Deno.Command(cmd, { args, stdout: "piped" }).output();
+    return success ? new TextDecoder().decode(stdout).trim() : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function npmInstall(packages: string[]): Promise<string | undefined> {
+  const args = ["install", "--prefix", BENCH_DIR, "--no-save", "--no-package-lock"];
+  console.log(`installing benchmark dependencies: npm ${[...args, ...packages].join(" ")}`);
+  try {
+    const { success, stderr } = await new Deno.Command("npm", {
+      args: [...args, "--no-audit", "--no-fund", ...packages],
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    return success ? undefined : `npm install failed: ${tail(new TextDecoder().decode(stderr))}`;
+  } catch (error) {
+    return `npm could not run: ${error instanceof Error ? error.message : error}`;
+  }
+}
+
+let installed: Promise<{ ws?: string; bun?: string }> | undefined;
+
+/**
+ * Installs the peers' packages once, all in one npm call (npm removes what a call does not
+ * name); without Bun when Bun cannot be installed. Resolves to the reason each is missing.
+ */
+function installNodeModules(): Promise<{ ws?: string; bun?: string }> {
+  installed ??= (async () => {
+    const haveWs = exists(`${NODE_MODULES}/ws/package.json`) &&
+      exists(`${NODE_MODULES}/bufferutil/package.json`);
+    const bunPossible = Deno.build.os === "linux" && Deno.build.arch === "x86_64";
+    if (haveWs && (exists(BUN) || !bunPossible)) return {};
+    const failed = await npmInstall([...NPM_PACKAGES, ...(bunPossible ? [NPM_BUN] : [])]);
+    if (!failed) return {};
+    if (!bunPossible) return { ws: failed };
+    const withoutBun = await npmInstall(NPM_PACKAGES);
+    return { ws: withoutBun, bun: failed };
+  })();
+  return installed;
+}
+
+const deflateFlag = (deflate: boolean): string[] => deflate ? ["--deflate"] : [];
+
+const SERVERS: Server[] = [
+  {
+    name: "deno_builtin",
+    title: "Deno built-in",
+    command: (port, deflate) => [
+      Deno.execPath(),
+      "run",
+      "--allow-net",
+      `${BENCH_DIR}/servers/deno_builtin.ts`,
+      ...["--port", `${port}`, ...deflateFlag(deflate)],
+    ],
+    unavailable: () => Promise.resolve(undefined),
+  },
+  {
+    name: "ours",
+    title: "@denows/websockets",
+    command: (port, deflate) => [
+      Deno.execPath(),
+      "run",
+      "-A",
+      `${BENCH_DIR}/servers/ours.ts`,
+      ...["--port", `${port}`, ...deflateFlag(deflate)],
+    ],
+    unavailable: () =>
+      Promise.resolve(
+        exists(`${BENCH_DIR}/servers/ours.ts`) ? undefined : "bench/servers/ours.ts does not exist",
+      ),
+  },
+  {
+    name: "ws",
+    title: "ws (Node)",
+    command: (port, deflate) => [
+      "node",
+      `${BENCH_DIR}/servers/ws_node.mjs`,
+      ...["--port", `${port}`, ...deflateFlag(deflate)],
+    ],
+    unavailable: async () => {
+      if ((await output("node", ["--version"])) === undefined) return "node is not installed";
+      const { ws } = await installNodeModules();
+      return ws ?? (exists(`${NODE_MODULES}/ws/package.json`) ? undefined : "ws is not installed");
+    },
+  },
+  {
+    name: "bun",
+    title: "Bun",
+    command: (port, deflate) => [
+      BUN,
+      `${BENCH_DIR}/servers/bun.ts`,
+      ...["--port", `${port}`, ...deflateFlag(deflate)],
+    ],
+    unavailable: async () => {
+      if (Deno.build.os !== "linux" || Deno.build.arch !== "x86_64") {
+        return `the @oven/bun-linux-x64 package has no binary for ${Deno.build.target}`;
+      }
+      const { bun } = await installNodeModules();
+      if (bun) return bun;
+      if (!exists(BUN)) return `npm did not install ${NPM_BUN}`;
+      const version = await output(BUN, ["--version"]);
+      return version === undefined ? `${BUN} --version failed` : undefined;
+    },
+  },
+];
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+interface Metric {
+  /** Key in the load generator's JSON (or computed by the runner). */
+  key: string;
+  unit: string;
+  digits: number;
+  lowerIsBetter?: boolean;
+}
+
+interface Scenario {
+  id: string;
+  title: string;
+  kind: "load" | "idle";
+  /** Load generator arguments, without --port, --deflate and timing. */
+  args: string[];
+  deflate: boolean;
+  set: "quick" | "full";
+  metric: Metric;
+  details: Metric[];
+  /** Connections held open by the idle scenario. */
+  conns?: number;
+}
+
+const LATENCY: Metric[] = [
+  { key: "p50_us", unit: "p50 µs", digits: 0, lowerIsBetter: true },
+  { key: "p99_us", unit: "p99 µs", digits: 0, lowerIsBetter: true },
+];
+const MSGS: Metric = { key: "msgs_per_s", unit: "msg/s", digits: 0 };
+const MBS: Metric = { key: "mb_per_s", unit: "MB/s", digits: 1 };
+const DELIVERIES: Metric = { key: "deliveries_per_s", unit: "deliveries/s", digits: 0 };
+const DRAIN: Metric = { key: "drain_ms", unit: "drain ms", digits: 1, lowerIsBetter: true };
+const HANDSHAKES: Metric = { key: "handshakes_per_s", unit: "handshakes/s", digits: 0 };
+const MEMORY: Metric = { key: "kib_per_conn", unit: "KiB/conn", digits: 1, lowerIsBetter: true };
+
+function echo(id: string, title: string, conns: number, inflight: number, size: number): Scenario {
+  return {
+    id,
+    title,
+    kind: "load",
+    args: ["echo", "--conns", `${conns}`, "--inflight", `${inflight}`, "--size", `${size}`],
+    deflate: false,
+    set: "quick",
+    metric: size >= 1024 ? MBS : MSGS,
+    details: LATENCY,
+  };
+}
+
+function broadcast(id: string, title: string, conns: number, size: number): Scenario {
+  return {
+    id,
+    title,
+    kind: "load",
+    args: ["broadcast", "--conns", `${conns}`, "--size", `${size}`, "--window", BROADCAST_WINDOW],
+    deflate: false,
+    set: "quick",
+    metric: DELIVERIES,
+    details: [DRAIN, ...LATENCY],
+  };
+}
+
+function idle(id: string, title: string, conns: number): Scenario {
+  return {
+    id,
+    title,
+    kind: "idle",
+    args: ["idle", "--conns", `${conns}`],
+    deflate: false,
+    set: "quick",
+    metric: MEMORY,
+    details: [],
+    conns,
+  };
+}
+
+function scenarios(): Scenario[] {
+  const quick: Scenario[] = [
+    echo("echo-32x1", "echo 32 B, 100 conns × 1 in flight", 100, 1, 32),
+    echo("echo-32x16", "echo 32 B, 100 conns × 16 in flight", 100, 16, 32),
+    echo("echo-64k", "echo 64 KiB, 10 conns × 16 in flight", 10, 16, 65536),
+    broadcast("broadcast-1k", "broadcast 32 B to 1 000", 1000, 32),
+    {
+      id: "handshake",
+      title: "handshakes (open + close), 50 concurrent",
+      kind: "load",
+      args: ["handshake", "--concurrency", "50"],
+      deflate: false,
+      set: "quick",
+      metric: HANDSHAKES,
+      details: LATENCY,
+    },
+    idle("idle-1k", "memory per idle connection at 1 000", 1000),
+  ];
+  const full: Scenario[] = [
+    broadcast("broadcast-10k", "broadcast 32 B to 10 000", 10000, 32),
+    broadcast("broadcast-4k", "broadcast 4 KiB to 1 000", 1000, 4096),
+    idle("idle-10k", "memory per idle connection at 10 000", 10000),
+  ].map((s) => ({ ...s, set: "full" }));
+  const compressed: Scenario[] = [quick[1], quick[2], quick[3], quick[5]].map((s) => ({
+    ...s,
+    id: `${s.id}-deflate`,
+    title: `${s.title}, permessage-deflate`,
+    deflate: true,
+    set: "full",
+  }));
+  return [...quick, ...full, ...compressed];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+const children = new Map<number, Deno.ChildProcess>();
+
+function killAll(): void {
+  for (const pid of children.keys()) {
+    try {
+      Deno.kill(pid, "SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+  children.clear();
+}
+
+function tail(text: string, max = 600): string {
+  const trimmed = text.trim();
+  return trimmed.length > max ? `…${trimmed.slice(-max)}` : trimmed;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Resolves with the promise's value, or rejects with `message` after `ms`. */
+async function within<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(message)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Reads a byte stream line by line, keeping the last few KiB and calling `onLine`. */
+class LineReader {
+  text = "";
+  readonly done: Promise<void>;
+  constructor(stream: ReadableStream<Uint8Array>, onLine: (line: string) => void) {
+    this.done = (async () => {
+      let pending = "";
+      for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+        this.text = (this.text + chunk).slice(-8192);
+        pending += chunk;
+        let newline;
+        while ((newline = pending.indexOf("\n")) >= 0) {
+          onLine(pending.slice(0, newline));
+          pending = pending.slice(newline + 1);
+        }
+      }
+      if (pending) onLine(pending);
+    })().catch(() => {});
+  }
+}
+
+function spawn(cpu: string, cmd: string[]): Deno.ChildProcess {
+  // `exec` keeps the PID: the process we kill is the server or load generator itself.
+  const script = 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec taskset -c "$0" "$@"';
+  const child = new Deno.Command("sh", {
+    args: ["-c", script, cpu, ...cmd],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  children.set(child.pid, child);
+  child.status.then(() => children.delete(child.pid));
+  return child;
+}
+
+async function stop(child: Deno.ChildProcess): Promise<void> {
+  if (!children.has(child.pid)) return;
+  try {
+    Deno.kill(child.pid, "SIGTERM");
+  } catch {
+    // already gone
+  }
+  try {
+    await within(child.status, 2000, "did not stop");
+  } catch {
+    try {
+      Deno.kill(child.pid, "SIGKILL");
+    } catch {
+      // already gone
+    }
+    await child.status;
+  }
+}
+
+interface RunningServer {
+  child: Deno.ChildProcess;
+  stderr: LineReader;
+}
+
+async function startServer(server: Server, port: number, deflate: boolean) {
+  const child = spawn(SERVER_CPU, server.command(port, deflate));
+  let ready: () => void = () => {};
+  const listening = new Promise<void>((resolve) => (ready = resolve));
+  const expected = `listening on ws://127.0.0.1:${port}`;
+  const stdout = new LineReader(child.stdout, (line) => {
+    if (line.trim() === expected) ready();
+  });
+  const stderr = new LineReader(child.stderr, () => {});
+  const exited = child.status.then((status) => {
+    throw new Error(`exited with code ${status.code} before listening`);
+  });
+  try {
+    await within(Promise.race([listening, exited]), 20000, "no 'listening on' line in 20 s");
+  } catch (error) {
+    await stop(child);
+    await Promise.all([stdout.done, stderr.done]);
+    const message = error instanceof Error ? error.message : String(error);
+    throw new Error(`${server.name} ${message}: ${tail(stderr.text + stdout.text)}`);
+  }
+  return { child, stderr } satisfies RunningServer;
+}
+
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+const CLOCK_TICKS = 100;
+
+/** User + system CPU seconds of a process (all threads), from /proc/PID/stat. */
+function cpuSeconds(pid: number): number {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+  } catch {
+    return NaN;
+  }
+}
+
+/** Busy (user + nice + system) and stolen CPU seconds of the whole machine, from /proc/stat. */
+function machineCpu(): { busy: number; steal: number } {
+  try {
+    const fields = Deno.readTextFileSync("/proc/stat").split("\n")[0].trim().split(/\s+/);
+    const n = (i: number) => Number(fields[i] ?? 0);
+    return { busy: (n(1) + n(2) + n(3)) / CLOCK_TICKS, steal: n(8) / CLOCK_TICKS };
+  } catch {
+    return { busy: NaN, steal: NaN };
+  }
+}
+
+/** Resident memory of a process in KiB, from /proc/PID/status. */
+function rssKiB(pid: number): number {
+  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+  const match = status.match(/^VmRSS:\s+(\d+) kB/m);
+  if (!match) throw new Error(`no VmRSS in /proc/${pid}/status`);
+  return Number(match[1]);
+}
+
+type Result = Record<string, number | string | boolean>;
+
+interface LoadgenRun {
+  result: Result;
+  wall: number;
+}
+
+/** Runs the load generator; `onReady` runs when it reports its connections are open. */
+async function loadgen(
+  args: string[],
+  timeoutSeconds: number,
+  onReady?: () => Promise<void>,
+): Promise<LoadgenRun> {
+  const started = performance.now();
+  const child = spawn(LOADGEN_CPU, [LOADGEN, ...args, "--timeout", `${Math.ceil(timeoutSeconds)}`]);
+  let readyWork: Promise<void> = Promise.resolve();
+  const stderr = new LineReader(child.stderr, (line) => {
+    if (onReady && line.startsWith("loadgen: idle: ready")) readyWork = onReady();
+  });
+  const stdout = new LineReader(child.stdout, () => {});
+  let status: Deno.CommandStatus;
+  try {
+    status = await within(child.status, (timeoutSeconds + 10) * 1000, "load generator hung");
+  } catch (error) {
+    await stop(child);
+    throw error;
+  }
+  const wall = (performance.now() - started) / 1000;
+  await Promise.all([stdout.done, stderr.done]);
+  await readyWork;
+  if (!status.success) {
+    throw new Error(`load generator exited with ${status.code}: ${tail(stderr.text)}`);
+  }
+  const line = stdout.text.trim().split("\n").pop() ?? "";
+  try {
+    return { result: JSON.parse(line) as Result, wall };
+  } catch {
+    throw new Error(`load generator printed no JSON: ${tail(stdout.text + stderr.text)}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements
+
+interface Measurement {
+  scenario: string;
+  server: string;
+  repetition: number;
+  ok: boolean;
+  error?: string;
+  value?: number;
+  result?: Result;
+}
+
+async function measureIdle(scenario: Scenario, pid: number, common: string[]): Promise<Result> {
+  // Warm the server's WebSocket code paths so one-time costs do not count per connection.
+  await loadgen(["idle", "--conns", "10", "--hold", "0", ...common], 30);
+  await sleep(300);
+  const before = rssKiB(pid);
+  let after = NaN;
+  const run = await loadgen([...scenario.args, "--hold", "1", ...common], 60, async () => {
+    await sleep(500);
+    after = rssKiB(pid);
+  });
+  return {
+    ...run.result,
+    rss_before_kib: before,
+    rss_after_kib: after,
+    kib_per_conn: (after - before) / (scenario.conns ?? 1),
+  };
+}
+
+async function measureLoad(
+  scenario: Scenario,
+  pid: number,
+  common: string[],
+  options: Options,
+): Promise<Result> {
+  const timing = ["--seconds", `${options.seconds}`, "--warmup", `${options.warmup}`];
+  const serverBefore = cpuSeconds(pid);
+  const machineBefore = machineCpu();
+  const run = await loadgen(
+    [...scenario.args, ...timing, ...common],
+    options.seconds + options.warmup + 60,
+  );
+  const serverCpu = cpuSeconds(pid) - serverBefore;
+  const machineAfter = machineCpu();
+  const loadgenCpu = Number(run.result.cpu_s);
+  // CPU time used by anything other than this server and the load generator meanwhile.
+  const otherCpu = machineAfter.busy - machineBefore.busy - serverCpu - loadgenCpu;
+  const percent = (seconds: number) => Math.round((1000 * seconds) / run.wall) / 10;
+  return {
+    ...run.result,
+    server_cpu_pct: percent(serverCpu),
+    loadgen_cpu_pct: percent(loadgenCpu),
+    other_cpu_pct: Math.max(0, percent(otherCpu)),
+    steal_pct: percent(machineAfter.steal - machineBefore.steal),
+  };
+}
+
+async function measure(scenario: Scenario, server: Server, options: Options): Promise<Result> {
+  const port = freePort();
+  const { child, stderr } = await startServer(server, port, scenario.deflate);
+  const common = ["--port", `${port}`, ...deflateFlag(scenario.deflate)];
+  try {
+    return scenario.kind === "idle"
+      ? await measureIdle(scenario, child.pid, common)
+      : await measureLoad(scenario, child.pid, common, options);
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    const alive = children.has(child.pid);
+    throw new Error(`${message}${alive ? "" : ` (server exited: ${tail(stderr.text, 300)})`}`);
+  } finally {
+    await stop(child);
+  }
+}
+
+function median(values: number[]): number | undefined {
+  const sorted = values.filter((v) => Number.isFinite(v)).sort((a, b) => a - b);
+  if (sorted.length === 0) return undefined;
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+function format(value: number | undefined, digits: number): string {
+  if (value === undefined || !Number.isFinite(value)) return "—";
+  return value.toLocaleString("en-US", {
+    minimumFractionDigits: digits,
+    maximumFractionDigits: digits,
+  });
+}
+
+interface Cell {
+  median?: number;
+  ratio?: number;
+  values: number[];
+  errors: string[];
+  /** Whether every run negotiated permessage-deflate (deflate scenarios only). */
+  deflate?: boolean;
+  details: Record<string, number | undefined>;
+}
+
+type Summary = Record<string, Record<string, Cell>>;
+
+const DETAIL_KEYS = ["server_cpu_pct", "loadgen_cpu_pct", "other_cpu_pct"];
+
+function summarize(list: Scenario[], servers: Server[], measurements: Measurement[]): Summary {
+  const summary: Summary = {};
+  for (const scenario of list) {
+    const row: Record<string, Cell> = {};
+    for (const server of servers) {
+      const runs = measurements.filter((m) =>
+        m.scenario === scenario.id && m.server === server.name
+      );
+      const ok = runs.filter((m) => m.ok);
+      const details: Record<string, number | undefined> = {};
+      for (const key of [...scenario.details.map((d) => d.key), ...DETAIL_KEYS]) {
+        details[key] = median(ok.map((m) => Number(m.result?.[key])));
+      }
+      row[server.name] = {
+        values: ok.map((m) => m.value ?? NaN),
+        median: median(ok.map((m) => m.value ?? NaN)),
+        errors: runs.filter((m) => !m.ok).map((m) => m.error ?? "failed"),
+        deflate: scenario.deflate && ok.length
+          ? ok.every((m) => m.result?.deflate_negotiated === true)
+          : undefined,
+        details,
+      };
+    }
+    const base = row[BASELINE]?.median;
+    for (const cell of Object.values(row)) {
+      if (cell.median !== undefined && base) cell.ratio = cell.median / base;
+    }
+    summary[scenario.id] = row;
+  }
+  return summary;
+}
+
+function table(title: string, list: Scenario[], servers: Server[], summary: Summary): string {
+  const head = `| ${title} | ${servers.map((s) => s.title).join(" | ")} |`;
+  const rule = `| --- | ${servers.map(() => "---:").join(" | ")} |`;
+  const rows = list.map((scenario) => {
+    const m = scenario.metric;
+    const label = `${scenario.title} (${m.unit}${m.lowerIsBetter ? ", lower is better" : ""})`;
+    const cells = servers.map((server) => {
+      const cell = summary[scenario.id][server.name];
+      if (cell.median === undefined) return cell.errors.length ? "failed" : "—";
+      const ratio = cell.ratio === undefined ? "" : ` (${cell.ratio.toFixed(2)}×)`;
+      const mark = cell.deflate === false ? " †" : "";
+      const failed = cell.errors.length ? ` [${cell.errors.length} failed]` : "";
+      return `${format(cell.median, m.digits)}${ratio}${mark}${failed}`;
+    });
+    return `| ${label} | ${cells.join(" | ")} |`;
+  });
+  return [head, rule, ...rows].join("\n");
+}
+
+function detailsTable(list: Scenario[], servers: Server[], summary: Summary): string {
+  const head = `| details (medians) | ${servers.map((s) => s.title).join(" | ")} |`;
+  const rule = `| --- | ${servers.map(() => "---:").join(" | ")} |`;
+  const rows: string[] = [];
+  for (const scenario of list) {
+    const metrics: Metric[] = [...scenario.details];
+    if (scenario.kind === "load") {
+      metrics.push({ key: "cpu", unit: "CPU % server / load generator / other", digits: 0 });
+    }
+    for (const metric of metrics) {
+      const cells = servers.map((server) => {
+        const cell = summary[scenario.id][server.name];
+        if (cell.median === undefined) return "—";
+        if (metric.key !== "cpu") return format(cell.details[metric.key], metric.digits);
+        return DETAIL_KEYS.map((key) => format(cell.details[key], 0)).join(" / ");
+      });
+      rows.push(`| ${scenario.title}: ${metric.unit} | ${cells.join(" | ")} |`);
+    }
+  }
+  return [head, rule, ...rows].join("\n");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main
+
+async function ensureLoadgen(): Promise<void> {
+  const source = Deno.statSync(LOADGEN_SOURCE).mtime?.getTime() ?? 0;
+  let binary = -1;
+  try {
+    binary = Deno.statSync(LOADGEN).mtime?.getTime() ?? -1;
+  } catch {
+    // not built yet
+  }
+  if (binary >= source) return;
+  console.log(`compiling the load generator: gcc -O2 -o ${LOADGEN} ${LOADGEN_SOURCE}`);
+  const { success, stderr } = await new Deno.Command("gcc", {
+    args: ["-O2", "-o", LOADGEN, LOADGEN_SOURCE],
+    stderr: "piped",
+  }).output();
+  if (!success) throw new Error(`gcc failed: ${new TextDecoder().decode(stderr)}`);
+}
+
+async function versions(servers: Server[]): Promise<Record<string, string>> {
+  const found: Record<string, string> = { deno: Deno.version.deno };
+  if (servers.some((s) => s.name === "ws")) {
+    found.node = (await output("node", ["--version"])) ?? "?";
+    try {
+      found.ws = JSON.parse(Deno.readTextFileSync(`${NODE_MODULES}/ws/package.json`)).version;
+    } catch {
+      found.ws = "?";
+    }
+  }
+  if (servers.some((s) => s.name === "bun")) found.bun = (await output(BUN, ["--version"])) ?? "?";
+  return found;
+}
+
+function machine(): { cpu: string; cores: number; os: string } {
+  let cpu = "?";
+  try {
+    cpu = Deno.readTextFileSync("/proc/cpuinfo").match(/^model name\s*:\s*(.+)$/m)?.[1] ?? "?";
+  } catch {
+    // not Linux
+  }
+  return { cpu, cores: navigator.hardwareConcurrency, os: `${Deno.build.os} ${Deno.osRelease()}` };
+}
+
+function select(options: Options): Scenario[] {
+  const all = scenarios();
+  if (options.scenarios) {
+    const unknown = options.scenarios.filter((id) => !all.some((s) => s.id === id));
+    if (unknown.length) {
+      usage(`unknown scenario ${unknown.join(", ")}; known: ${all.map((s) => s.id).join(", ")}`);
+    }
+    return all.filter((s) => options.scenarios!.includes(s.id));
+  }
+  return all.filter((s) =>
+    s.deflate ? options.full || options.deflate : s.set === "quick" || options.full
+  );
+}
+
+async function main(): Promise<void> {
+  const options = parseOptions(Deno.args);
+  const selected = select(options);
+  const names = options.servers ?? SERVERS.map((s) => s.name);
+  const unknown = names.filter((n) => !SERVERS.some((s) => s.name === n));
+  if (unknown.length) {
+    const known = SERVERS.map((s) => s.name).join(", ");
+    usage(`unknown server ${unknown.join(", ")}; known: ${known}`);
+  }
+
+  await ensureLoadgen();
+  const servers: Server[] = [];
+  const skipped: Record<string, string> = {};
+  for (const server of SERVERS.filter((s) => names.includes(s.name))) {
+    const reason = await server.unavailable();
+    if (reason) {
+      skipped[server.name] = reason;
+      console.log(`skipping ${server.name}: ${reason}`);
+    } else {
+      servers.push(server);
+    }
+  }
+  if (servers.length === 0) throw new Error("no server to benchmark");
+
+  const env = { machine: machine(), versions: await versions(servers) };
+  const versionText = Object.entries(env.versions).map(([k, v]) => `${k} ${v}`).join(", ");
+  console.log(
+    `servers pinned to CPU ${SERVER_CPU} (taskset -c ${SERVER_CPU}), load generator pinned to ` +
+      `CPU ${LOADGEN_CPU} (taskset -c ${LOADGEN_CPU}); loopback only`,
+  );
+  console.log(`${env.machine.cpu}, ${env.machine.cores} cores, ${env.machine.os}; ${versionText}`);
+  console.log(
+    `${selected.length} scenarios × ${servers.length} servers × ${options.repeat} repetitions, ` +
+      `${options.warmup} s warm-up + ${options.seconds} s measured per load run\n`,
+  );
+
+  const measurements: Measurement[] = [];
+  const total = selected.length * servers.length * options.repeat;
+  const started = performance.now();
+  for (const scenario of selected) {
+    for (let repetition = 0; repetition < options.repeat; repetition++) {
+      // Rotate the order so that no server always runs first (or right after the same one).
+      const order = servers.map((_, i) => servers[(i + repetition) % servers.length]);
+      for (const server of order) {
+        const n = measurements.length + 1;
+        const label = `[${n}/${total}] ${scenario.id} ${server.name} #${repetition + 1}`;
+        const runStarted = performance.now();
+        try {
+          const result = await measure(scenario, server, options);
+          result.elapsed_s = Math.round(performance.now() - runStarted) / 1000;
+          const value = Number(result[scenario.metric.key]);
+          measurements.push({
+            scenario: scenario.id,
+            server: server.name,
+            repetition,
+            ok: true,
+            value,
+            result,
+          });
+          let note = scenario.deflate && result.deflate_negotiated === false
+            ? " (deflate not negotiated)"
+            : "";
+          if (Number(result.other_cpu_pct) > BUSY_WARNING) {
+            note += ` (warning: other processes used ${result.other_cpu_pct}% CPU meanwhile)`;
+          }
+          const shown = `${format(value, scenario.metric.digits)} ${scenario.metric.unit}`;
+          console.log(`${label}: ${shown}${note}`);
+        } catch (error) {
+          const message = error instanceof Error ? error.message : String(error);
+          measurements.push({
+            scenario: scenario.id,
+            server: server.name,
+            repetition,
+            ok: false,
+            error: message,
+          });
+          console.log(`${label}: FAILED: ${message}`);
+        }
+      }
+    }
+  }
+  const elapsed = (performance.now() - started) / 1000;
+
+  const summary = summarize(selected, servers, measurements);
+  const plain = selected.filter((s) => !s.deflate);
+  const compressed = selected.filter((s) => s.deflate);
+  const out: string[] = [
+    `Medians of ${options.repeat} interleaved runs; (×) is the ratio to Deno's built-in server ` +
+    `in this run. Servers on CPU ${SERVER_CPU}, load generator on CPU ${LOADGEN_CPU}.`,
+  ];
+  if (plain.length) out.push("", table("scenario", plain, servers, summary));
+  if (compressed.length) {
+    out.push("", table("scenario (permessage-deflate)", compressed, servers, summary));
+    out.push("", "† the server did not negotiate permessage-deflate and ran uncompressed.");
+  }
+  out.push("", detailsTable(selected, servers, summary));
+  for (const [name, reason] of Object.entries(skipped)) out.push("", `Skipped ${name}: ${reason}`);
+  out.push("", `Total time: ${elapsed.toFixed(0)} s.`);
+  console.log(`\n${out.join("\n")}`);
+
+  Deno.mkdirSync(`${BENCH_DIR}/results`, { recursive: true });
+  const report = {
+    date: new Date().toISOString(),
+    ...env,
+    pinning: { server: SERVER_CPU, loadgen: LOADGEN_CPU },
+    options,
+    servers: servers.map((s) => s.name),
+    skipped,
+    scenarios: selected.map(({ id, title, args, deflate, metric }) => ({
+      id,
+      title,
+      args,
+      deflate,
+      metric,
+    })),
+    summary,
+    measurements,
+    seconds: elapsed,
+  };
+  Deno.writeTextFileSync(RESULTS, JSON.stringify(report, null, 2) + "\n");
+  console.log(`\nResults written to ${RESULTS}`);
+}
+
+if (import.meta.main) {
+  const interrupt = () => {
+    killAll();
+    Deno.exit(130);
+  };
+  Deno.addSignalListener("SIGINT", interrupt);
+  Deno.addSignalListener("SIGTERM", interrupt);
+  try {
+    await main();
+  } catch (error) {
+    console.error(`run.ts: ${error instanceof Error ? error.message : error}`);
+    Deno.exitCode = 1;
+  } finally {
+    killAll();
+  }
+  Deno.exit();
+}
