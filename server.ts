@@ -238,6 +238,7 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
   const closeTimeout = options.closeTimeout ?? DEFAULTS.closeTimeout;
   let closing = false;
   let handshaking = 0;
+  const inHandshake = new Set<ServerConnection>();
 
   async function handle(conn: Deno.Conn): Promise<void> {
     if ((conn as Deno.TcpConn).setNoDelay !== undefined && options.unix === undefined) {
@@ -306,6 +307,7 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
       },
     });
     handshaking++;
+    inHandshake.add(connection);
     const timer = setTimeout(() => {
       if (connection.state === State.CONNECTING) {
         logger?.info(`connection ${connection.id}: ${new HandshakeTimeout(openTimeout).message}`);
@@ -320,6 +322,7 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
     } finally {
       clearTimeout(timer);
       handshaking--;
+      inHandshake.delete(connection);
     }
     connections.add(connection);
     try {
@@ -382,6 +385,16 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
       new Promise((resolve) => (timer = setTimeout(resolve, closeTimeout))),
     ]);
     clearTimeout(timer);
+    // Handshakes still in progress are dropped so that no socket outlives close().
+    const dropped = [...inHandshake];
+    for (const connection of dropped) {
+      try {
+        connection.transport.close();
+      } catch {
+        // already closed
+      }
+    }
+    await Promise.all(dropped.map((connection) => connection.closed));
     finishedResolve();
   }
 
