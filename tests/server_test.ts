@@ -10,6 +10,7 @@ import { Headers } from "../headers.ts";
 import { Response } from "../http11.ts";
 import { basicAuth, SERVER_HEADER } from "../server.ts";
 import {
+  delay,
   echo,
   handshakeRequest,
   HOST,
@@ -493,6 +494,24 @@ Deno.test("server: close() closes every connection with 1001 and stops accepting
   const error = await rejection(connect(uri));
   assert.ok(error instanceof Deno.errors.ConnectionRefused);
   await server.finished;
+});
+
+Deno.test("server: close() drops handshakes still in progress after closeTimeout", async () => {
+  const { server } = serveLocal(echo, { closeTimeout: 300, openTimeout: 10_000 });
+  const peer = await RawPeer.connect(server.port);
+  try {
+    await peer.write(`GET / HTTP/1.1\r\nHost: ${HOST}\r\n`);
+    await delay(50);
+    const started = performance.now();
+    await within(server.close(), 3000, "server.close()");
+    const closing = performance.now() - started;
+    // Nothing outlives close(): the socket is already closed.
+    assert.deepEqual(await within(peer.readToEnd(), 200, "EOF"), new Uint8Array(0));
+    assert.ok(closing >= 250 && closing < 1500, `close() took ${closing} ms`);
+  } finally {
+    peer.close();
+    await server.close();
+  }
 });
 
 Deno.test("server: aborting the signal closes the server", async () => {
