@@ -560,3 +560,77 @@ Deno.test("server: handles 1000 concurrent connections", async () => {
     await server.close();
   }
 });
+
+// ---- the echo examples, run as their users run them
+
+const EXAMPLES = new URL("../examples/", import.meta.url).pathname;
+
+Deno.test("server: the echo examples echo stdin lines, honour the flags and stop on SIGTERM", async () => {
+  const server = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      `${EXAMPLES}echo_server.ts`,
+      "--port",
+      "0",
+      "--max-size",
+      "1000",
+      "--no-compression",
+    ],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stdout = server.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  const stderr = new globalThis.Response(server.stderr).text();
+  try {
+    let output = "";
+    while (!output.includes("\n")) {
+      const { value, done } = await within(stdout.read(), 10_000, "listening line");
+      if (done) break;
+      output += value;
+    }
+    const uri = /^listening on (ws:\/\/127\.0\.0\.1:\d+)\n$/.exec(output)?.[1];
+    assert.ok(uri !== undefined, `unexpected output: ${output}`);
+
+    const client = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", `${EXAMPLES}echo_client.ts`, `${uri}/any/path`],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const writer = client.stdin.getWriter();
+    await writer.write(new TextEncoder().encode("hello\nwörld\n\nlast line without newline"));
+    await writer.close();
+    const result = await within(client.output(), 10_000, "echo client");
+    assert.deepEqual(
+      [
+        result.code,
+        new TextDecoder().decode(result.stdout),
+        new TextDecoder().decode(result.stderr),
+      ],
+      [0, "hello\nwörld\n\nlast line without newline\n", ""],
+    );
+
+    const ws = await connect(uri);
+    assert.deepEqual(ws.extensions, []);
+    await ws.send(new Uint8Array([1, 2, 3]));
+    assert.deepEqual(await ws.recv(), new Uint8Array([1, 2, 3]));
+    await ws.send("x".repeat(1001));
+    const error = await rejection(ws.recv());
+    assert.ok(error instanceof ConnectionClosedError);
+    assert.equal(error.code, 1009);
+
+    server.kill("SIGTERM");
+    assert.equal((await within(server.status, 5000, "server exit")).code, 0);
+  } finally {
+    try {
+      server.kill("SIGKILL");
+    } catch {
+      // already exited
+    }
+    await server.status;
+    await stdout.cancel();
+    await stderr;
+  }
+});
