@@ -246,12 +246,14 @@ export class Frame {
       throw new RangeError(`masking key must be 4 bytes, got ${maskingKey.length}`);
     }
     const headerLength = frameHeaderLength(length, mask);
-    const out = allocate(headerLength + length);
+    // A masked payload lands at the same offset modulo 8 as `data`, so that
+    // it can be masked while copied, a word at a time.
+    const out = allocate(headerLength + length, mask ? (data.byteOffset - headerLength) & 7 : 0);
     writeHeader(out, 0, this, length, mask);
     if (mask) {
       const key = maskingKey === undefined ? nextMaskingKey() : packKey(maskingKey);
       writeKey(out, headerLength - 4, key);
-      maskInto(data, out, headerLength, key);
+      copyMasked(data, 0, out, headerLength, length, key);
     } else {
       out.set(data, headerLength);
     }
@@ -374,7 +376,7 @@ export function serializeInto(
   if (mask) {
     const key = nextMaskingKey();
     writeKey(out, start - 4, key);
-    maskInto(data, out, start, key);
+    copyMasked(data, 0, out, start, length, key);
   } else {
     out.set(data, start);
   }
@@ -390,17 +392,20 @@ const SLAB_MAX = 1024;
 let slab = new Uint8Array(SLAB_SIZE);
 let slabOffset = 0;
 
-function allocate(length: number): Uint8Array {
-  if (length > SLAB_MAX) return new Uint8Array(length);
+/** New zero-filled bytes whose `byteOffset` is `phase` (0 to 7) modulo 8. */
+function allocate(length: number, phase: number): Uint8Array {
+  if (length > SLAB_MAX) {
+    return phase === 0 ? new Uint8Array(length) : new Uint8Array(length + phase).subarray(phase);
+  }
   // (A slab whose buffer was transferred away has length 0: replaced too.)
-  if (slabOffset + length > slab.length) {
+  if (slabOffset + phase + length > slab.length) {
     slab = new Uint8Array(SLAB_SIZE);
     slabOffset = 0;
   }
-  const out = slab.subarray(slabOffset, slabOffset + length);
+  const start = slabOffset + phase;
   // The next view starts on an 8-byte boundary.
-  slabOffset = (slabOffset + length + 7) & ~7;
-  return out;
+  slabOffset = (start + length + 7) & ~7;
+  return slab.subarray(start, start + length);
 }
 
 // Masking keys come from a pool filled 1 024 keys at a time, so that masking
@@ -536,25 +541,101 @@ function maskRange(data: Uint8Array, start: number, end: number, key: number): v
   maskBytes(data, from + done, end, rotateKey(key, prefix));
 }
 
-/** Writes `source` XOR the packed `key` into `out` at `offset`, in one pass when short. */
-function maskInto(source: Uint8Array, out: Uint8Array, offset: number, key: number): void {
-  const length = source.length;
-  if (length >= WORDS_FROM) {
-    out.set(source, offset);
-    maskRange(out, offset, offset + length, key);
+/**
+ * Writes `source[sourceStart..+length)` XOR the packed `key` (byte 0 at
+ * `sourceStart`) into `out` at `outStart`. In one pass, a word at a time, when
+ * both sides have the same alignment; otherwise copied, then masked in place.
+ */
+function copyMasked(
+  source: Uint8Array,
+  sourceStart: number,
+  out: Uint8Array,
+  outStart: number,
+  length: number,
+  key: number,
+): void {
+  if (length < WORDS_FROM) {
+    copyMaskedBytes(source, sourceStart, out, outStart, length, key);
     return;
   }
-  const k0 = key & 0xff, k1 = (key >>> 8) & 0xff, k2 = (key >>> 16) & 0xff, k3 = key >>> 24;
-  let i = 0;
-  for (; i + 3 < length; i += 4) {
-    out[offset + i] = source[i] ^ k0;
-    out[offset + i + 1] = source[i + 1] ^ k1;
-    out[offset + i + 2] = source[i + 2] ^ k2;
-    out[offset + i + 3] = source[i + 3] ^ k3;
+  const wide = WIDE_WORDS && length >= WIDE_FROM;
+  const align = wide ? 7 : 3;
+  const sourceAt = source.byteOffset + sourceStart;
+  const outAt = out.byteOffset + outStart;
+  if (((sourceAt ^ outAt) & align) !== 0) {
+    out.set(source.subarray(sourceStart, sourceStart + length), outStart);
+    maskRange(out, outStart, outStart + length, key);
+    return;
   }
-  if (i < length) out[offset + i] = source[i++] ^ k0;
-  if (i < length) out[offset + i] = source[i++] ^ k1;
-  if (i < length) out[offset + i] = source[i] ^ k2;
+  const prefix = (align + 1 - (sourceAt & align)) & align;
+  copyMaskedBytes(source, sourceStart, out, outStart, prefix, key);
+  let word = rotateKey(key, prefix);
+  if (!LITTLE_ENDIAN) {
+    word = (word << 24) | ((word & 0xff00) << 8) | ((word >>> 8) & 0xff00) | (word >>> 24);
+  }
+  let done: number;
+  if (wide) {
+    wideWordHalves[0] = word;
+    wideWordHalves[1] = word;
+    const wordPair = wideWord[0];
+    const count = (length - prefix) >>> 3;
+    const from = new BigInt64Array(source.buffer, sourceAt + prefix, count);
+    const to = new BigInt64Array(out.buffer, outAt + prefix, count);
+    let w = 0;
+    for (const unrolled = count & ~3; w < unrolled; w += 4) {
+      to[w] = from[w] ^ wordPair;
+      to[w + 1] = from[w + 1] ^ wordPair;
+      to[w + 2] = from[w + 2] ^ wordPair;
+      to[w + 3] = from[w + 3] ^ wordPair;
+    }
+    for (; w < count; w++) to[w] = from[w] ^ wordPair;
+    done = prefix + (count << 3);
+  } else {
+    const count = (length - prefix) >>> 2;
+    const from = new Int32Array(source.buffer, sourceAt + prefix, count);
+    const to = new Int32Array(out.buffer, outAt + prefix, count);
+    let w = 0;
+    for (const unrolled = count & ~3; w < unrolled; w += 4) {
+      to[w] = from[w] ^ word;
+      to[w + 1] = from[w + 1] ^ word;
+      to[w + 2] = from[w + 2] ^ word;
+      to[w + 3] = from[w + 3] ^ word;
+    }
+    for (; w < count; w++) to[w] = from[w] ^ word;
+    done = prefix + (count << 2);
+  }
+  copyMaskedBytes(
+    source,
+    sourceStart + done,
+    out,
+    outStart + done,
+    length - done,
+    rotateKey(key, prefix),
+  );
+}
+
+/** `copyMasked` one byte at a time. */
+function copyMaskedBytes(
+  source: Uint8Array,
+  sourceStart: number,
+  out: Uint8Array,
+  outStart: number,
+  length: number,
+  key: number,
+): void {
+  const k0 = key & 0xff, k1 = (key >>> 8) & 0xff, k2 = (key >>> 16) & 0xff, k3 = key >>> 24;
+  const delta = outStart - sourceStart;
+  const end = sourceStart + length;
+  let i = sourceStart;
+  for (; i + 3 < end; i += 4) {
+    out[i + delta] = source[i] ^ k0;
+    out[i + 1 + delta] = source[i + 1] ^ k1;
+    out[i + 2 + delta] = source[i + 2] ^ k2;
+    out[i + 3 + delta] = source[i + 3] ^ k3;
+  }
+  if (i < end) out[i + delta] = source[i++] ^ k0;
+  if (i < end) out[i + delta] = source[i++] ^ k1;
+  if (i < end) out[i + delta] = source[i] ^ k2;
 }
 
 /**
@@ -728,8 +809,15 @@ export class FrameReader {
       return new Frame(opcode, buffer.subarray(position, end), options);
     }
     // Spans chunks: one buffer of the checked length, filled as bytes arrive.
+    // A masked payload is placed at the same offset modulo 8 as in the chunk,
+    // so that chunks whose lengths are multiples of 8 are unmasked while
+    // copied, a word at a time.
+    const phase = key === 0 ? 0 : (buffer.byteOffset + position) & 7;
+    const data = phase === 0
+      ? new Uint8Array(length)
+      : new Uint8Array(length + phase).subarray(phase);
     this.#position = position;
-    this.#partial = new Frame(opcode, new Uint8Array(length), options);
+    this.#partial = new Frame(opcode, data, options);
     this.#partialHeaderLength = headerLength;
     this.#partialKey = key;
     return this.#fillPartial();
@@ -795,9 +883,11 @@ export class FrameReader {
       const position = this.#position;
       const count = Math.min(buffer.length - position, data.length - filled);
       if (count > 0) {
-        data.set(buffer.subarray(position, position + count), filled);
-        // Unmasked while the bytes are still in cache.
-        if (key !== 0) maskRange(data, filled, filled + count, rotateKey(key, filled));
+        if (key === 0) {
+          data.set(buffer.subarray(position, position + count), filled);
+        } else {
+          copyMasked(buffer, position, data, filled, count, rotateKey(key, filled));
+        }
         filled += count;
         this.#position = position + count;
       }
