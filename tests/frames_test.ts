@@ -680,8 +680,8 @@ Deno.test("FrameReader: a frame whole in a chunk is a view of the chunk, unmaske
 
 Deno.test("FrameReader: a frame spanning chunks is copied into one buffer of its length", () => {
   const data = pattern(1000);
-  const wire = new Frame(Opcode.BINARY, data).serialize({ mask: true });
-  const reader = new FrameReader({ mask: true });
+  const wire = new Frame(Opcode.BINARY, data).serialize({ mask: false });
+  const reader = new FrameReader({ mask: false });
   const chunks = [wire.slice(0, 300), wire.slice(300, 700), wire.slice(700)];
   const results: (Frame | undefined)[] = [];
   for (const chunk of chunks) {
@@ -691,7 +691,21 @@ Deno.test("FrameReader: a frame spanning chunks is copied into one buffer of its
   assert.deepEqual(results.slice(0, 2), [undefined, undefined]);
   const frame = results[2]!;
   assert.deepEqual(frame.data, data);
-  assert.equal(frame.data.byteLength, frame.data.buffer.byteLength);
+  assert.deepEqual([frame.data.byteOffset, frame.data.buffer.byteLength], [0, 1000]);
+});
+
+Deno.test("FrameReader: a masked payload spanning chunks keeps its alignment modulo 8", () => {
+  const data = pattern(1000);
+  for (let lead = 0; lead < 8; lead++) {
+    // `lead` bytes of an earlier frame, then the masked frame, in 64-byte chunks.
+    const before = new Frame(Opcode.BINARY, pattern(lead)).serialize({ mask: true });
+    const wire = concat([before, new Frame(Opcode.BINARY, data).serialize({ mask: true })]);
+    const chunks = randomChunks(() => 63 / 64, wire, 64);
+    const frames = readAll(chunks, { mask: true });
+    assert.deepEqual(frames[1].data, data);
+    const payloadAt = before.length + 8;
+    assert.equal(frames[1].data.byteOffset, payloadAt & 7);
+  }
 });
 
 Deno.test("FrameReader: a masked frame spanning chunks keeps its key when the first chunk is reused", () => {
@@ -918,6 +932,35 @@ Deno.test("Frame.serialize: still works after a result's buffer was transferred 
   assert.equal(first.length, 0);
   const second = new Frame(Opcode.BINARY, pattern(3)).serialize({ mask: false });
   assert.deepEqual(second, bytes(0x82, 0x03, 0, 1, 2));
+});
+
+Deno.test("Frame.serialize: masks payloads at every alignment and length", () => {
+  const random = prng(10);
+  for (let offset = 0; offset < 8; offset++) {
+    for (const length of [0, 5, 95, 96, 97, 125, 126, 511, 512, 513, 1000, 1021, 2000, 70_001]) {
+      const backing = randomBytes(random, offset + length);
+      const data = backing.subarray(offset);
+      const copy = data.slice();
+      const out = new Frame(Opcode.BINARY, data).serialize({ mask: true, maskingKey: RFC_KEY });
+      const headerLength = frameHeaderLength(length, true);
+      assert.deepEqual(out.subarray(headerLength), naiveMask(copy, RFC_KEY), `${offset}/${length}`);
+      assert.deepEqual(out.subarray(headerLength - 4, headerLength), RFC_KEY);
+      assert.deepEqual(data, copy);
+    }
+  }
+});
+
+Deno.test("serializeInto: masks payloads at every offset of the output", () => {
+  const random = prng(11);
+  for (const length of [10, 200, 600, 3000]) {
+    const data = randomBytes(random, length);
+    for (let offset = 0; offset < 8; offset++) {
+      const out = new Uint8Array(offset + frameHeaderLength(length, true) + length);
+      assert.equal(serializeInto(new Frame(Opcode.BINARY, data), out, offset, true), out.length);
+      const frame = Frame.parse(out.subarray(offset), { mask: true });
+      assert.deepEqual(frame.data, data, `${offset}/${length}`);
+    }
+  }
 });
 
 Deno.test("Frame.serialize: large frames get a buffer of their own", () => {
