@@ -17,13 +17,14 @@
  * - **Data after the end of the deflate stream**: a peer may end a message
  *   with a block that has BFINAL set (RFC 7692 §7.2.3.4); the rest of that
  *   message is ignored and the next message starts a new stream.
- * - **8-bit windows**: zlib cannot compress with an 8-bit window (it silently
- *   uses 9), so this module never compresses with `max_window_bits=8`: a
- *   server declines an offer with `server_max_window_bits=8` and tries the
- *   next one, and a client fails the handshake when the server answers
- *   `client_max_window_bits=8`. Decompressing is fine with any window: the
- *   decompressor always uses at least 9 bits, which also reads data of
- *   compressors that used 9 when asked for 8.
+ * - **8-bit windows**: zlib cannot set up a raw compressor with an 8-bit
+ *   window, so when `max_window_bits=8` is negotiated (a server accepting an
+ *   offer with `server_max_window_bits=8`, a client told
+ *   `client_max_window_bits=8`) this module compresses with a 9-bit window.
+ *   That keeps the promise: zlib never emits a match farther back than its
+ *   window minus 262 bytes, 250 bytes for a 9-bit window, which is within
+ *   the 256 bytes a peer with an 8-bit window keeps. Decompressing is fine
+ *   with any window: the decompressor always uses at least 9 bits.
  * - **Memory**: zlib state lives outside the JavaScript heap. It is taken
  *   from a small pool when a message needs it and given back when the
  *   message ends if there is no context takeover, so such a connection holds
@@ -819,8 +820,8 @@ export class ClientPerMessageDeflateFactory implements ClientExtensionFactory {
    * @throws {DuplicateParameter} for a parameter given twice.
    * @throws {InvalidParameterName} for an unknown parameter.
    * @throws {InvalidParameterValue} for a bad value, or a value on a flag.
-   * @throws {NegotiationError} when the answer doesn't match the offer, asks
-   * for an 8-bit client window, or permessage-deflate was already accepted.
+   * @throws {NegotiationError} when the answer doesn't match the offer, or
+   * permessage-deflate was already accepted.
    */
   processResponseParams(
     params: ExtensionParameter[],
@@ -853,10 +854,9 @@ export class ClientPerMessageDeflateFactory implements ClientExtensionFactory {
       throw new NegotiationError(
         `client_max_window_bits=${clientBits} exceeds the ${offered} offered`,
       );
-    } else if (clientBits === 8) {
-      throw new NegotiationError("client_max_window_bits=8 is unsupported: zlib needs 9 or more");
     } else {
-      localBits = clientBits;
+      // 8 bits: compress with 9, whose matches stay within 250 bytes (see the module docs).
+      localBits = Math.max(clientBits, 9);
     }
     return new PerMessageDeflate({
       remoteNoContextTakeover: answer.serverNoContextTakeover,
@@ -965,9 +965,8 @@ export class ServerPerMessageDeflateFactory implements ServerExtensionFactory {
    * @throws {DuplicateParameter} for a parameter given twice.
    * @throws {InvalidParameterName} for an unknown parameter.
    * @throws {InvalidParameterValue} for a bad value, or a value on a flag.
-   * @throws {NegotiationError} when the offer asks for an 8-bit server
-   * window, lacks a required `client_max_window_bits`, or permessage-deflate
-   * was already accepted.
+   * @throws {NegotiationError} when the offer lacks a required
+   * `client_max_window_bits`, or permessage-deflate was already accepted.
    */
   processRequestParams(
     params: ExtensionParameter[],
@@ -980,9 +979,6 @@ export class ServerPerMessageDeflateFactory implements ServerExtensionFactory {
 
     let serverBits = this.serverMaxWindowBits;
     if (offer.serverMaxWindowBits !== undefined) {
-      if (offer.serverMaxWindowBits === 8) {
-        throw new NegotiationError("server_max_window_bits=8 is unsupported: zlib needs 9 or more");
-      }
       serverBits = Math.min(offer.serverMaxWindowBits, serverBits ?? 15);
     }
 
@@ -1009,7 +1005,8 @@ export class ServerPerMessageDeflateFactory implements ServerExtensionFactory {
       remoteNoContextTakeover: clientNoContextTakeover,
       localNoContextTakeover: serverNoContextTakeover,
       remoteMaxWindowBits: clientBits ?? 15,
-      localMaxWindowBits: serverBits ?? 15,
+      // 8 bits: compress with 9, whose matches stay within 250 bytes (see the module docs).
+      localMaxWindowBits: Math.max(serverBits ?? 15, 9),
       ...this.codecOptions,
     });
     return [answer, extension];

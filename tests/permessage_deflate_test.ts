@@ -17,6 +17,7 @@ import {
 } from "../errors.ts";
 import type { Extension, ExtensionParameter } from "../extensions.ts";
 import { Frame, Opcode } from "../frames.ts";
+import zlib from "node:zlib";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -725,13 +726,10 @@ Deno.test("permessage-deflate: client rejects a client window larger than offere
   throwsExactly(() => accept(factory, [["client_max_window_bits", "11"]]), NegotiationError);
 });
 
-Deno.test("permessage-deflate: client rejects an 8-bit client window", () => {
+Deno.test("permessage-deflate: client accepts an 8-bit client window, compressing with 9 bits", () => {
   const factory = new ClientPerMessageDeflateFactory({ clientMaxWindowBits: true });
-  const error = throwsExactly(
-    () => accept(factory, [["client_max_window_bits", "8"]]),
-    NegotiationError,
-  );
-  assert.match(error.message, /client_max_window_bits=8 is unsupported/);
+  const extension = accept(factory, [["client_max_window_bits", "8"]]);
+  assert.deepEqual(negotiated(extension), { ...DEFAULTS, localMaxWindowBits: 9 });
 });
 
 Deno.test("permessage-deflate: client factory rejects options out of range", () => {
@@ -808,12 +806,36 @@ Deno.test("permessage-deflate: server answers the smaller of offered and allowed
   }
 });
 
-Deno.test("permessage-deflate: server declines an 8-bit server window", () => {
-  const error = throwsExactly(
-    () => answer(new ServerPerMessageDeflateFactory(), [["server_max_window_bits", "8"]]),
-    NegotiationError,
+Deno.test("permessage-deflate: server accepts an 8-bit server window, compressing with 9 bits", () => {
+  assert.deepEqual(
+    answer(new ServerPerMessageDeflateFactory(), [["server_max_window_bits", "8"]]),
+    [
+      [["server_max_window_bits", "8"]],
+      { ...DEFAULTS, localMaxWindowBits: 9 },
+    ],
   );
-  assert.match(error.message, /server_max_window_bits=8 is unsupported/);
+});
+
+Deno.test("permessage-deflate: messages compressed for an 8-bit window inflate with 8 bits", () => {
+  // Text that repeats itself 300 bytes back: a wider window would reach past 256 bytes.
+  const data = new Uint8Array(20_000);
+  let seed = 1;
+  for (let i = 0; i < data.length; i++) {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    data[i] = i >= 300 && seed % 4 !== 0 ? data[i - 300] : 97 + ((seed >> 16) % 26);
+  }
+  const eightBits = { windowBits: 8, finishFlush: zlib.constants.Z_SYNC_FLUSH };
+  assert.throws(() => zlib.inflateRawSync(zlib.deflateRawSync(data), eightBits), Error);
+  const [, extension] = new ServerPerMessageDeflateFactory().processRequestParams(
+    [["server_max_window_bits", "8"]],
+    [],
+  );
+  const stream: number[] = [];
+  for (let offset = 0; offset < data.length; offset += 5000) {
+    const frame = extension.encode(new Frame(Opcode.BINARY, data.subarray(offset, offset + 5000)));
+    stream.push(...frame.data, 0x00, 0x00, 0xff, 0xff);
+  }
+  assert.deepEqual(new Uint8Array(zlib.inflateRawSync(new Uint8Array(stream), eightBits)), data);
 });
 
 Deno.test("permessage-deflate: server sets the client window when the client allows it", () => {
