@@ -130,6 +130,43 @@ Deno.test("client: a wrong Sec-WebSocket-Accept fails the handshake with Invalid
   }
 });
 
+Deno.test("client: a response with too many headers throws SecurityError", async () => {
+  const raw = new RawServer(async (peer) => {
+    await peer.readHead();
+    let head = "HTTP/1.1 101 Switching Protocols\r\n";
+    for (let i = 0; i < 200; i++) head += `X-Filler-${i}: ${i}\r\n`;
+    await peer.write(head + "\r\n");
+    await peer.readToEnd();
+  });
+  try {
+    const error = await rejection(connect(raw.uri()));
+    assert.ok(error instanceof SecurityError);
+    assert.equal(error.message, "too many HTTP headers: limit is 128");
+  } finally {
+    await raw.close();
+  }
+});
+
+Deno.test("client: an error body over httpLimits.maxBodySize throws SecurityError", async () => {
+  const raw = new RawServer(async (peer) => {
+    await peer.readHead();
+    await peer.write(
+      "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 2000\r\n\r\n" + "x".repeat(2000),
+    );
+    await peer.readToEnd();
+  });
+  try {
+    const error = await rejection(connect(raw.uri(), { httpLimits: { maxBodySize: 1000 } }));
+    assert.ok(error instanceof SecurityError);
+    assert.equal(
+      error.message,
+      "body too large: Content-Length is 2000 bytes; limit is 1000 bytes",
+    );
+  } finally {
+    await raw.close();
+  }
+});
+
 Deno.test("client: a 4xx answer throws InvalidStatus holding the whole response", async () => {
   const { server, port } = denoServer(() =>
     new Response("no such chat room\n", { status: 404, headers: { "x-reason": "room" } })

@@ -746,3 +746,69 @@ Deno.test("connection: a server keepalive closes with 1011 when the client never
     await server.close();
   }
 });
+
+// ---- protocol violations over the wire
+
+/** Opens a raw client connection to `port` through the handshake. */
+async function rawClient(port: number): Promise<RawPeer> {
+  const peer = await RawPeer.connect(port);
+  await peer.write(
+    `GET / HTTP/1.1\r\nHost: ${HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+  );
+  assert.ok((await peer.readHead())?.startsWith("HTTP/1.1 101"));
+  return peer;
+}
+
+Deno.test("connection: a server receiving an unmasked frame closes with 1002 and drops TCP", async () => {
+  const { server } = serveLocal(echo);
+  const peer = await rawClient(server.port);
+  try {
+    await peer.write(new Frame(Opcode.TEXT, encoder.encode("unmasked")).serialize({ mask: false }));
+    assert.deepEqual(closeOf(await within(peer.readFrame(), 2000, "close frame")), {
+      code: 1002,
+      reason: "incorrect masking: frame must be masked",
+    });
+    assert.equal(await within(peer.readFrame(), 2000, "EOF"), undefined);
+  } finally {
+    peer.close();
+    await server.close();
+  }
+});
+
+Deno.test("connection: a server receiving invalid UTF-8 text closes with 1007", async () => {
+  const { server } = serveLocal(echo);
+  const peer = await rawClient(server.port);
+  try {
+    await peer.write(
+      new Frame(Opcode.TEXT, new Uint8Array([0x68, 0xc3, 0x28])).serialize({ mask: true }),
+    );
+    assert.deepEqual(closeOf(await within(peer.readFrame(), 2000, "close frame")), {
+      code: 1007,
+      reason: "invalid UTF-8 in text message",
+    });
+  } finally {
+    peer.close();
+    await server.close();
+  }
+});
+
+Deno.test("connection: maxSize counts decompressed bytes: a small compressed message over it closes with 1009", async () => {
+  const seen = deferred<unknown>();
+  const { server, uri } = serveLocal(async (ws) => {
+    await ws.send("a".repeat(100_000)); // compresses to a few hundred bytes
+    const error = await rejection(ws.recv());
+    seen.resolve((error as ConnectionClosedError).rcvd);
+  });
+  const ws = await connect(uri, { maxSize: 10_000 });
+  try {
+    assert.deepEqual(ws.extensions.map((extension) => extension.name), ["permessage-deflate"]);
+    const error = await rejection(ws.recv());
+    assert.ok(error instanceof ConnectionClosedError);
+    assert.ok(error.cause instanceof PayloadTooBig);
+    assert.deepEqual([error.sent?.code, error.cause.maxSize], [1009, 10_000]);
+    assert.deepEqual((await within(seen.promise, 2000, "server side") as Close).code, 1009);
+  } finally {
+    await server.close();
+  }
+});
