@@ -372,6 +372,10 @@ Deno.test("broadcast: the TypeError names the message type", () => {
     name: "TypeError",
     message: "Cannot broadcast: unsupported message type Map",
   });
+  assert.throws(() => broadcast([], Object.create(null)), {
+    name: "TypeError",
+    message: "Cannot broadcast: unsupported message type object",
+  });
 });
 
 Deno.test("broadcast: throws RangeError for a negative or non-numeric maxBufferedAmount", () => {
@@ -530,6 +534,20 @@ Deno.test("broadcast: one ConcurrencyError counts every busy connection", async 
     await closeAll(clients);
     await fixture.close();
   }
+});
+
+Deno.test("broadcast: the ConcurrencyError names at most 10 connections", () => {
+  // Stand-ins with only what broadcast() reads from a busy connection.
+  const busy = Array.from(
+    { length: 12 },
+    (_, index) => ({ id: 100 + index, state: State.OPEN, sendingFragmented: true }),
+  ) as unknown as Connection[];
+  assert.throws(() => broadcast(busy, "news"), {
+    name: "ConcurrencyError",
+    message: "Cannot broadcast to 12 connections sending a fragmented message " +
+      "(id 100, 101, 102, 103, 104, 105, 106, 107, 108, 109 and 2 more); " +
+      "the message was sent to 0 other connections",
+  });
 });
 
 Deno.test("broadcast: an unexpected error from one connection is rethrown after the others got the message", async () => {
