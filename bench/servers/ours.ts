@@ -1,0 +1,48 @@
+/**
+ * Benchmark server: this library (`serve()` + `broadcast()`).
+ *
+ *   deno run -A bench/servers/ours.ts --port 9001 [--deflate]
+ *
+ * `/echo` sends every message back as received; `/broadcast` sends every message any client
+ * sends to every client connected on that path, with `broadcast()`. Compression is off unless
+ * `--deflate` is given.
+ *
+ * @module
+ */
+
+import { broadcast } from "../../broadcast.ts";
+import type { Connection } from "../../connection.ts";
+import { serve } from "../../server.ts";
+
+const at = Deno.args.indexOf("--port");
+const port = at >= 0 ? Number(Deno.args[at + 1]) : NaN;
+if (!Number.isInteger(port) || port < 1 || port > 65535) {
+  throw new RangeError(
+    `--port must be an integer from 1 to 65535, got ${Deno.args[at + 1]}`,
+  );
+}
+const deflate = Deno.args.includes("--deflate");
+
+const room = new Set<Connection>();
+
+serve(async (ws) => {
+  const path = ws.request?.path.split("?")[0];
+  if (path === "/broadcast") {
+    room.add(ws);
+    try {
+      for await (const message of ws) broadcast(room, message);
+    } finally {
+      room.delete(ws);
+    }
+  } else {
+    // send() resolves at once while the outgoing buffer is under writeLimit.
+    for await (const message of ws) await ws.send(message);
+  }
+}, {
+  hostname: "127.0.0.1",
+  port,
+  compression: deflate ? "deflate" : null,
+  maxSize: 64 * 1024 * 1024,
+  pingInterval: null,
+});
+console.log(`listening on ws://127.0.0.1:${port}`);
