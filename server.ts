@@ -240,6 +240,22 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
   let handshaking = 0;
   const inHandshake = new Set<ServerConnection>();
 
+  // A hook that throws is a bug in the application: answer 500, log it, go on serving.
+  function hookFailed(
+    protocol: ServerProtocol,
+    connection: ServerConnection,
+    hook: string,
+    error: unknown,
+  ): Response {
+    logger?.error(`connection ${connection.id}: error in ${hook}`, error);
+    const response = protocol.reject(
+      500,
+      "Failed to open a WebSocket connection.\nSee server log for more information.\n",
+    );
+    response.exception = error instanceof Error ? error : new Error(String(error));
+    return response;
+  }
+
   async function handle(conn: Deno.Conn): Promise<void> {
     if ((conn as Deno.TcpConn).setNoDelay !== undefined && options.unix === undefined) {
       try {
@@ -268,8 +284,12 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
         const self = current as ServerConnection;
         let response: Response | undefined;
         if (options.processRequest !== undefined) {
-          const answer = await options.processRequest(self, request);
-          if (answer !== undefined) response = await toResponse(answer);
+          try {
+            const answer = await options.processRequest(self, request);
+            if (answer !== undefined) response = await toResponse(answer);
+          } catch (error) {
+            response = hookFailed(protocol, self, "processRequest", error);
+          }
         }
         if (response === undefined) {
           if (
@@ -290,8 +310,12 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
           }
         }
         if (options.processResponse !== undefined) {
-          const answer = await options.processResponse(self, request, response);
-          if (answer !== undefined) response = await toResponse(answer);
+          try {
+            const answer = await options.processResponse(self, request, response);
+            if (answer !== undefined) response = await toResponse(answer);
+          } catch (error) {
+            response = hookFailed(protocol, self, "processResponse", error);
+          }
         }
         if (protocol.state !== State.CONNECTING) return; // the peer went away meanwhile
         protocol.sendResponse(response);
