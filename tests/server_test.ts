@@ -379,6 +379,54 @@ Deno.test("server: processRequest may be async and see the request", async () =>
   }
 });
 
+Deno.test("server: a processRequest that throws is answered 500 and the server keeps serving", async () => {
+  const errors: string[] = [];
+  const { server, uri } = serveLocal(echo, {
+    processRequest: (_connection, request) => {
+      if (request.path === "/bug") throw new Error("hook bug");
+      return undefined;
+    },
+    logger: { debug() {}, info() {}, warn() {}, error: (message) => errors.push(message) },
+  });
+  try {
+    const response = await rawExchange(
+      server.port,
+      handshakeRequest(server.port, { path: "/bug" }),
+    );
+    assert.deepEqual(summary(response), {
+      status: 500,
+      headers: {},
+      body: "Failed to open a WebSocket connection.\nSee server log for more information.\n",
+    });
+    assert.deepEqual(errors.map((line) => line.replace(/\d+/, "N")), [
+      "connection N: error in processRequest",
+    ]);
+    const ws = await connect(uri);
+    await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("server: a processResponse that throws is answered 500", async () => {
+  const { server } = serveLocal(echo, {
+    processResponse: () => {
+      throw new Error("hook bug");
+    },
+    logger: { debug() {}, info() {}, warn() {}, error() {} },
+  });
+  try {
+    const response = await rawExchange(server.port, handshakeRequest(server.port));
+    assert.deepEqual(summary(response), {
+      status: 500,
+      headers: {},
+      body: "Failed to open a WebSocket connection.\nSee server log for more information.\n",
+    });
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("server: processResponse adds a header to the 101 response", async () => {
   const { server, uri } = serveLocal(echo, {
     processResponse: (_connection, request, response) => {
