@@ -10,11 +10,14 @@ import { Headers } from "../headers.ts";
 import { Response } from "../http11.ts";
 import { basicAuth, SERVER_HEADER } from "../server.ts";
 import {
+  deferred,
   delay,
   echo,
   handshakeRequest,
   HOST,
   type HttpHead,
+  pendingAfter,
+  randomBytes,
   RawPeer,
   rejection,
   serveLocal,
@@ -680,5 +683,44 @@ Deno.test("server: the echo examples echo stdin lines, honour the flags and stop
     await server.status;
     await stdout.cancel();
     await stderr;
+  }
+});
+
+Deno.test("server: send() waits for a client that doesn't read, and close() still ends within closeTimeout", async () => {
+  const waited = deferred<number>();
+  const sendError = deferred<unknown>();
+  const { server } = serveLocal(async (ws) => {
+    const chunk = randomBytes(1024 * 1024);
+    try {
+      while (true) {
+        const send = ws.send(chunk);
+        if (await pendingAfter(send, 200)) {
+          waited.resolve(ws.bufferedAmount);
+          await send;
+        }
+      }
+    } catch (error) {
+      sendError.resolve(error);
+    }
+  }, { closeTimeout: 300, compression: null, pingInterval: null });
+  const peer = await RawPeer.connect(server.port);
+  try {
+    await peer.write(handshakeRequest(server.port));
+    await peer.readHead(); // and nothing more: the client never reads
+    const buffered = await within(waited.promise, 10_000, "send waiting");
+    assert.ok(buffered > 32 * 1024, `bufferedAmount ${buffered}`);
+    const started = performance.now();
+    await within(server.close(), 3000, "server.close()");
+    const elapsed = performance.now() - started;
+    const error = await within(sendError.promise, 1000, "send error");
+    assert.ok(error instanceof ConnectionClosedError);
+    assert.deepEqual([error.sent, error.rcvd], [
+      new Close(1001, "server shutting down"),
+      undefined,
+    ]);
+    assert.ok(elapsed >= 250 && elapsed < 1500, `close() took ${elapsed} ms`);
+  } finally {
+    peer.close();
+    await server.close();
   }
 });
