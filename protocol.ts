@@ -883,6 +883,7 @@ export class ClientProtocol extends Protocol {
       return undefined;
     }
     if (result === undefined) return undefined;
+    this.#parser = undefined; // its buffers aren't needed any more
     this.#handleResponse(result.message);
     return result.rest;
   }
@@ -1125,6 +1126,7 @@ export class ServerProtocol extends Protocol {
       return undefined;
     }
     if (result === undefined) return undefined;
+    this.#parser = undefined; // its buffers aren't needed any more
     this.request = result.message;
     this.logger?.debug(`< GET ${this.request.path} HTTP/1.1`);
     if (result.rest.length !== 0) this.#pending.push(result.rest);
