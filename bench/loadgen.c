@@ -19,9 +19,10 @@
  * message; the hard timeout (--timeout) ends it with exit code 2.
  *
  * What it avoids on the hot path: the data frame it sends is built and masked once at start-up
- * (one random masking key for the run) and copied as is for every message; received payloads are
+ * (one random masking key for the run) and reused for every message (frames of 4 KiB and more go
+ * straight from it to the socket when nothing is queued before them); received payloads are
  * never copied or unmasked (server frames are unmasked), only counted; reads are 256 KiB at a
- * time into one shared buffer, and writes are batched per connection per loop iteration.
+ * time into one shared buffer, and small writes are batched per connection per loop iteration.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -282,6 +283,7 @@ typedef struct conn {
   uint32_t fifo_head, fifo_count;
   uint64_t received;  /* broadcast: data messages received since the measured phase began */
   uint64_t messages;  /* every data message received */
+  int synced;         /* broadcast: a sync message arrived */
   uint32_t generation; /* bumped whenever the slot starts a new connection */
 } conn_t;
 
@@ -295,12 +297,18 @@ static uint8_t *rbuf;
 static uint8_t *data_frame; /* the pre-masked data frame every client sends */
 static size_t data_frame_len;
 static uint8_t send_opcode;
+/* Broadcast only: the sync messages sent before measuring use the other data opcode, so that
+ * late copies of them can be told apart from measured messages even when compressed. */
+static uint8_t *sync_frame;
+static size_t sync_frame_len;
+static uint8_t sync_opcode;
 
 static uint64_t t_run_start;
 
 /* Scenario hooks */
 static void on_open(conn_t *c);
 static void on_message(conn_t *c, uint64_t len, int compressed);
+static void on_sync_message(conn_t *c);
 static void on_close_frame(conn_t *c, int code);
 static void on_eof(conn_t *c);
 
@@ -356,7 +364,27 @@ static void queue_control(conn_t *c, uint8_t opcode, const uint8_t *payload, siz
   out_append(c, frame, n);
 }
 
-static void queue_data(conn_t *c) { out_append(c, data_frame, data_frame_len); }
+static void set_events(conn_t *c, int want_out);
+
+/* Queues the data frame. A large frame goes straight to the socket when nothing is queued
+ * before it, which saves copying it into the output buffer; only what the socket does not take
+ * is copied. Small frames are batched and written by flush(). */
+static void queue_data(conn_t *c) {
+  if (data_frame_len >= 4096 && c->out_off == c->out_len && c->state == CS_OPEN) {
+    ssize_t n;
+    do n = send(c->fd, data_frame, data_frame_len, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+      die("connection %d: send failed: %s", c->index, strerror(errno));
+    size_t sent = n > 0 ? (size_t)n : 0;
+    if (sent < data_frame_len) {
+      out_append(c, data_frame + sent, data_frame_len - sent);
+      set_events(c, 1);
+    }
+    return;
+  }
+  out_append(c, data_frame, data_frame_len);
+}
 
 static void set_events(conn_t *c, int want_out) {
   if (c->epoll_out == want_out) return;
@@ -543,6 +571,10 @@ static void frame_complete(conn_t *c) {
   if (c->fin) {
     c->in_message = 0;
     c->messages++;
+    if (c->msg_opcode == sync_opcode && cfg.scenario == SC_BROADCAST) {
+      on_sync_message(c);
+      return;
+    }
     if (c->msg_opcode != send_opcode)
       die("connection %d: received a %s message, expected %s", c->index,
           c->msg_opcode == 1 ? "text" : "binary", send_opcode == 1 ? "text" : "binary");
@@ -683,7 +715,8 @@ static void on_writable(conn_t *c) {
 /* ------------------------------------------------------------------------------------------ */
 /* Scenarios                                                                                  */
 
-enum phase { PH_CONNECT, PH_SYNC, PH_QUIET, PH_RUN, PH_DRAIN, PH_HOLD };
+enum phase { PH_CONNECT, PH_SYNC, PH_RUN, PH_DRAIN, PH_HOLD };
+static const char *const phase_names[] = {"connect", "sync", "run", "drain", "hold"};
 static enum phase phase = PH_CONNECT;
 static int next_to_open, pending, opened;
 static uint64_t t_connected, t_window_start, t_end;
@@ -697,7 +730,7 @@ static uint64_t next_seq, acked;
 static uint64_t *sent_at; /* send time of message k at [k % window] */
 static uint32_t *receipts;  /* how many clients have message k, at [k % window] */
 static int synced;
-static uint64_t last_rx_ns, last_sync_ns, t_stop, drain_ns;
+static uint64_t last_sync_rx_ns, last_sync_ns, t_stop, drain_ns;
 
 /* idle */
 static int echoed;
@@ -801,11 +834,8 @@ static void on_message(conn_t *c, uint64_t len, int compressed) {
     break;
   }
   case SC_BROADCAST:
-    last_rx_ns = cur_ns;
-    if (phase == PH_SYNC || phase == PH_QUIET) {
-      if (c->messages == 1) synced++;
-      return;
-    }
+    if (phase != PH_RUN && phase != PH_DRAIN)
+      die("connection %d: received a measured message before any was sent", c->index);
     broadcast_receipt(c);
     break;
   case SC_IDLE:
@@ -818,6 +848,14 @@ static void on_message(conn_t *c, uint64_t len, int compressed) {
     break;
   case SC_HANDSHAKE:
     die("connection %d: unexpected data message during the handshake scenario", c->index);
+  }
+}
+
+static void on_sync_message(conn_t *c) {
+  last_sync_rx_ns = cur_ns;
+  if (!c->synced) {
+    c->synced = 1;
+    synced++;
   }
 }
 
@@ -844,21 +882,16 @@ static void on_eof(conn_t *c) {
 static void broadcast_tick(uint64_t now) {
   conn_t *sender = &conns[0];
   if (phase == PH_SYNC) {
-    /* Until every client has seen a message, the server may not have registered them all. */
+    /* Until every client has a sync message, the server may not have registered them all.
+     * Another one goes out only once the server has stopped delivering the previous one. */
     if (synced == conn_count) {
-      phase = PH_QUIET;
-    } else if (now - last_sync_ns >= 20 * 1000000ull) {
-      last_sync_ns = now;
-      queue_data(sender);
-      flush(sender);
-    }
-  }
-  if (phase == PH_QUIET) {
-    /* Stragglers from the sync phase must be gone before counting starts. */
-    if (now - last_rx_ns >= 200 * 1000000ull) {
-      for (int i = 0; i < conn_count; i++) conns[i].received = 0;
       phase = PH_RUN;
       begin_window(now);
+    } else if (now - last_sync_ns >= 20 * 1000000ull &&
+               now - last_sync_rx_ns >= 50 * 1000000ull) {
+      last_sync_ns = now;
+      out_append(sender, sync_frame, sync_frame_len);
+      flush(sender);
     }
   }
   if (phase == PH_RUN) {
@@ -882,8 +915,26 @@ static void broadcast_tick(uint64_t now) {
   }
 }
 
+static uint64_t t_deadline;
+
+/* Says where a run that overstayed its time limit got stuck, then exits with code 2. */
+static void overtime(void) {
+  uint64_t slowest = UINT64_MAX;
+  for (int i = 0; i < conn_count; i++)
+    if (conns[i].received < slowest) slowest = conns[i].received;
+  fprintf(stderr, "loadgen: error: hard timeout (%.0f s) in phase %s: %d of %d connections open",
+          cfg.timeout, phase_names[phase], opened, conn_count);
+  if (cfg.scenario == SC_BROADCAST)
+    fprintf(stderr, ", %d synced, %llu messages sent, %llu delivered to all, slowest client has %llu",
+            synced, (unsigned long long)next_seq, (unsigned long long)acked,
+            (unsigned long long)(conn_count ? slowest : 0));
+  fputc('\n', stderr);
+  exit(2);
+}
+
 static void tick(void) {
   uint64_t now = now_ns();
+  if (now >= t_deadline) overtime();
   if (!window_started && t_window_start && now >= t_window_start) {
     window_started = 1;
     getrusage(RUSAGE_SELF, &ru_window_start);
@@ -1054,7 +1105,7 @@ int main(int argc, char **argv) {
 
   signal(SIGPIPE, SIG_IGN);
   signal(SIGALRM, hard_timeout);
-  alarm((unsigned)(cfg.timeout + 0.999));
+  alarm((unsigned)(cfg.timeout + 5.999)); /* backstop if the loop itself stops turning */
 
   conn_count = cfg.scenario == SC_HANDSHAKE ? cfg.concurrency : cfg.conns;
   struct rlimit rl;
@@ -1072,10 +1123,13 @@ int main(int argc, char **argv) {
     rng_state = now_ns() | 1;
 
   send_opcode = cfg.text ? 1 : 2;
+  sync_opcode = cfg.text ? 2 : 1;
   uint8_t *payload = xmalloc(cfg.size);
   for (size_t i = 0; i < cfg.size; i++) payload[i] = (uint8_t)('a' + rng_next() % 26);
   data_frame = xmalloc(cfg.size + 14);
   data_frame_len = build_frame(data_frame, send_opcode, 0, payload, cfg.size, rng_next());
+  sync_frame = xmalloc(cfg.size + 14);
+  sync_frame_len = build_frame(sync_frame, sync_opcode, 0, payload, cfg.size, rng_next());
   free(payload);
 
   rbuf = xmalloc(RBUF_SIZE);
@@ -1095,6 +1149,7 @@ int main(int argc, char **argv) {
 
   t_run_start = now_ns();
   cur_ns = t_run_start;
+  t_deadline = t_process_start + (uint64_t)(cfg.timeout * 1e9);
   if (cfg.scenario == SC_HANDSHAKE) {
     t_connected = t_run_start;
     begin_window(t_run_start);
