@@ -829,6 +829,8 @@ export interface StreamConnectionOptions extends ConnectionOptions {
 // connection holds little memory.
 const MIN_READ = 1024;
 const MAX_READ = 256 * 1024;
+// Microtasks a write waits at most for the application to queue more frames.
+const MAX_FLUSH_WAITS = 64;
 
 /**
  * The sans-I/O protocol over a {@linkcode Transport} (a `Deno.Conn` or Web
@@ -855,6 +857,9 @@ export class StreamConnection extends Connection {
   readonly #onHandshake: StreamConnectionOptions["onHandshake"];
   #writing = false;
   #flushScheduled = false;
+  #flushWaits = 0;
+  #flushQueued = 0;
+  #flushOutput = 0;
   #inflight = 0;
   #drainWaiters: Waiter<void>[] = [];
   #transportClosed = false;
@@ -992,14 +997,34 @@ export class StreamConnection extends Connection {
     return this.protocol.closeError;
   }
 
-  /** Schedules a write of everything the protocol produced, coalesced into one write. */
+  /**
+   * Schedules a write of everything the protocol produced, coalesced into one write. The write
+   * waits while the application makes progress from one microtask to the next (reads a queued
+   * message or queues a frame), so that the answers to the messages of one read go in one write.
+   */
   flushSoon(): void {
     if (this.#writing || this.#flushScheduled) return;
     this.#flushScheduled = true;
-    queueMicrotask(() => {
-      this.#flushScheduled = false;
-      this.#flush();
-    });
+    this.#flushWaits = 0;
+    this.#flushQueued = -1;
+    queueMicrotask(() => this.#flushWhenIdle());
+  }
+
+  #flushWhenIdle(): void {
+    const queued = this.messagesQueued;
+    const output = this.protocol.outputLength;
+    if (
+      (queued !== this.#flushQueued || output !== this.#flushOutput) &&
+      this.#flushWaits < MAX_FLUSH_WAITS && output < this.writeLimit && !this.#transportClosed
+    ) {
+      this.#flushQueued = queued;
+      this.#flushOutput = output;
+      this.#flushWaits++;
+      queueMicrotask(() => this.#flushWhenIdle());
+      return;
+    }
+    this.#flushScheduled = false;
+    this.#flush();
   }
 
   async #flush(): Promise<void> {
@@ -1096,7 +1121,11 @@ export class StreamConnection extends Connection {
     } catch {
       // already closed
     }
+    this.#onAbort?.();
   }
+
+  // Set while a handshake hook runs, so that aborting doesn't wait for a hook that never returns.
+  #onAbort: (() => void) | undefined;
 
   async #read(): Promise<Uint8Array | null> {
     if (this.#slab.length < MIN_READ) this.#slab = new Uint8Array(this.#readSize);
@@ -1190,7 +1219,15 @@ export class StreamConnection extends Connection {
 
   async #handshakeEvent(event: ProtocolEvent): Promise<void> {
     try {
-      await this.#onHandshake?.(event, this);
+      const hook = this.#onHandshake?.(event, this);
+      if (hook instanceof Promise) {
+        hook.catch(() => {}); // a hook that fails after an abort has nobody to tell
+        await Promise.race([
+          hook,
+          new Promise<void>((resolve) => (this.#onAbort = resolve)),
+        ]).finally(() => (this.#onAbort = undefined));
+      }
+      if (this.#transportClosed) return;
     } catch (error) {
       this.logger?.error(`connection ${this.id}: handshake hook failed`, error);
       this.#settleHandshake(error);
