@@ -53,15 +53,7 @@ import type {
   Extension,
   ServerExtensionFactory,
 } from "./extensions.ts";
-import {
-  Close,
-  CloseCode,
-  Frame,
-  frameHeaderLength,
-  FrameReader,
-  Opcode,
-  serializeInto,
-} from "./frames.ts";
+import { Close, CloseCode, Frame, frameHeaderLength, FrameReader, Opcode } from "./frames.ts";
 import {
   buildAuthorizationBasic,
   buildExtension,
@@ -189,6 +181,7 @@ export interface ProtocolOptions {
 }
 
 const EOF = new Uint8Array(0);
+const SERIALIZE_UNMASKED = { mask: false } as const;
 const EMPTY = new Uint8Array(0);
 const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const textEncoder = new TextEncoder();
@@ -676,10 +669,8 @@ export abstract class Protocol {
     } else {
       const length = frame.data.length;
       if (length < 4096) {
-        // Small frames: header and payload in one buffer.
-        const out = new Uint8Array(frameHeaderLength(length, false) + length);
-        serializeInto(frame, out, 0, false);
-        this.pushOutput(out);
+        // Small frames: header and payload in one buffer (a view of a shared slab when small).
+        this.pushOutput(frame.serialize(SERIALIZE_UNMASKED));
       } else {
         // Large frames: header and payload as two chunks, so the payload isn't
         // copied here; the connection copies a tick's chunks once into one write.
