@@ -242,9 +242,12 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
   /** Where frame traces and state changes go, if anywhere. */
   protected readonly logger: Logger | undefined;
 
-  #messages: Message[] = [];
+  // Created on demand: an idle connection holds no queue, no waiter list, no ping map.
+  #messages: Message[] | undefined;
   #messagesHead = 0;
-  #recvWaiters: Waiter<Message>[] = [];
+  // The oldest recv() waiting, then the others (several wait only when recv() runs concurrently).
+  #recvWaiter: Waiter<Message> | undefined;
+  #recvWaiters: Waiter<Message>[] | undefined;
   #queueSpaceWaiter: (() => void) | undefined;
   #closedError: ConnectionClosed | undefined;
   #closedResolve!: (result: CloseResult) => void;
@@ -252,10 +255,9 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
   /** Resolves with how the connection ended; never rejects. */
   readonly closed: Promise<CloseResult>;
   #sendLock: Promise<void> | undefined;
-  #pings = new Map<
-    string,
-    { sentAt: number; resolve(ms: number): void; reject(error: unknown): void }
-  >();
+  #pings:
+    | Map<string, { sentAt: number; resolve(ms: number): void; reject(error: unknown): void }>
+    | undefined;
   #keepaliveTimer: ReturnType<typeof setTimeout> | undefined;
 
   /** Sets the limits; see {@linkcode ConnectionOptions}. */
@@ -331,17 +333,19 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
 
   /** Called by implementations for each message received. */
   protected deliver(message: Message): void {
-    const waiter = this.#recvWaiters.shift();
+    const waiter = this.#recvWaiter;
     if (waiter !== undefined) {
+      this.#recvWaiter = this.#recvWaiters?.shift();
       waiter.resolve(message);
       return;
     }
-    this.#messages.push(message);
+    (this.#messages ??= []).push(message);
   }
 
   /** Number of received messages waiting to be read. */
   get messagesQueued(): number {
-    return this.#messages.length - this.#messagesHead;
+    const messages = this.#messages;
+    return messages === undefined ? 0 : messages.length - this.#messagesHead;
   }
 
   /** Whether reading from the network should pause: `maxQueue` messages wait unread. */
@@ -356,14 +360,15 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
   }
 
   #takeMessage(): Message {
-    const message = this.#messages[this.#messagesHead];
-    (this.#messages as (Message | undefined)[])[this.#messagesHead] = undefined;
+    const messages = this.#messages!;
+    const message = messages[this.#messagesHead];
+    (messages as (Message | undefined)[])[this.#messagesHead] = undefined;
     this.#messagesHead++;
-    if (this.#messagesHead === this.#messages.length) {
-      this.#messages = [];
+    if (this.#messagesHead === messages.length) {
+      this.#messages = undefined;
       this.#messagesHead = 0;
-    } else if (this.#messagesHead > 1024 && this.#messagesHead * 2 > this.#messages.length) {
-      this.#messages = this.#messages.slice(this.#messagesHead);
+    } else if (this.#messagesHead > 1024 && this.#messagesHead * 2 > messages.length) {
+      this.#messages = messages.slice(this.#messagesHead);
       this.#messagesHead = 0;
     }
     const waiter = this.#queueSpaceWaiter;
@@ -383,15 +388,19 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
    */
   recv(options?: RecvOptions): Promise<Message> {
     if (this.messagesQueued !== 0) return Promise.resolve(this.#takeMessage());
-    if (this.#closedError !== undefined) return Promise.reject(this.#closedError);
+    if (this.#closedResult !== undefined) return Promise.reject(this.closedError);
     const signal = options?.signal;
     if (signal?.aborted) return Promise.reject(signal.reason);
     return new Promise<Message>((resolve, reject) => {
       const waiter: Waiter<Message> = { resolve, reject };
       if (signal !== undefined) {
         const onAbort = () => {
-          const index = this.#recvWaiters.indexOf(waiter);
-          if (index !== -1) this.#recvWaiters.splice(index, 1);
+          if (this.#recvWaiter === waiter) {
+            this.#recvWaiter = this.#recvWaiters?.shift();
+          } else if (this.#recvWaiters !== undefined) {
+            const index = this.#recvWaiters.indexOf(waiter);
+            if (index !== -1) this.#recvWaiters.splice(index, 1);
+          }
           reject(signal.reason);
         };
         signal.addEventListener("abort", onAbort, { once: true });
@@ -404,7 +413,8 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
           reject(error);
         };
       }
-      this.#recvWaiters.push(waiter);
+      if (this.#recvWaiter === undefined) this.#recvWaiter = waiter;
+      else (this.#recvWaiters ??= []).push(waiter);
     });
   }
 
@@ -462,20 +472,36 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
     if (this.#closedResult !== undefined) return;
     this.#closedResult = result;
     this.stopKeepalive();
-    const error = this.makeCloseError();
-    this.#closedError = error;
-    for (const waiter of this.#recvWaiters.splice(0)) waiter.reject(error);
-    for (const ping of this.#pings.values()) ping.reject(error);
-    this.#pings.clear();
+    // The close error is made when someone needs it: building an error costs a stack trace.
+    const recvWaiter = this.#recvWaiter;
+    if (recvWaiter !== undefined) {
+      this.#recvWaiter = undefined;
+      recvWaiter.reject(this.closedError);
+    }
+    const recvWaiters = this.#recvWaiters;
+    if (recvWaiters !== undefined) {
+      this.#recvWaiters = undefined;
+      for (const waiter of recvWaiters) waiter.reject(this.closedError);
+    }
+    const pings = this.#pings;
+    if (pings !== undefined) {
+      this.#pings = undefined;
+      for (const ping of pings.values()) ping.reject(this.closedError);
+    }
     const waiter = this.#queueSpaceWaiter;
     this.#queueSpaceWaiter = undefined;
     waiter?.();
-    this.logger?.info(`connection ${this.id} closed: ${error.message}`);
+    if (this.logger !== undefined) {
+      this.logger.info(`connection ${this.id} closed: ${this.closedError!.message}`);
+    }
     this.#closedResolve(result);
   }
 
   /** The error describing the close, once closed. */
   protected get closedError(): ConnectionClosed | undefined {
+    if (this.#closedError === undefined && this.#closedResult !== undefined) {
+      this.#closedError = this.makeCloseError();
+    }
     return this.#closedError;
   }
 
@@ -591,7 +617,7 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
     if (state === State.CONNECTING) {
       throw new InvalidState(`Cannot send: the connection is ${stateName(state)}`);
     }
-    throw this.#closedError ?? this.makeCloseError();
+    throw this.closedError ?? this.makeCloseError();
   }
 
   /**
@@ -617,10 +643,10 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
     if (data === undefined) {
       do {
         payload = crypto.getRandomValues(new Uint8Array(4));
-      } while (this.#pings.has(String(payload)));
+      } while (this.#pings?.has(String(payload)));
     } else {
       payload = typeof data === "string" ? new TextEncoder().encode(data) : data.slice();
-      if (this.#pings.has(String(payload))) {
+      if (this.#pings?.has(String(payload))) {
         throw new ConcurrencyError("Cannot ping: already waiting for a pong with the same data");
       }
     }
@@ -628,7 +654,11 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
       throw new RangeError(`Cannot ping: payload is ${payload.length} bytes, the limit is 125`);
     }
     const promise = new Promise<number>((resolve, reject) => {
-      this.#pings.set(String(payload), { sentAt: performance.now(), resolve, reject });
+      (this.#pings ??= new Map()).set(String(payload), {
+        sentAt: performance.now(),
+        resolve,
+        reject,
+      });
     });
     this.sendPingFrame(payload);
     await this.drain();
@@ -648,11 +678,13 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
 
   /** Called by implementations when a pong arrives: resolves its ping and every earlier one. */
   protected acknowledgePings(data: Uint8Array): void {
+    const pings = this.#pings;
+    if (pings === undefined) return;
     const key = String(data);
-    if (!this.#pings.has(key)) return;
+    if (!pings.has(key)) return;
     const now = performance.now();
-    for (const [pingKey, ping] of this.#pings) {
-      this.#pings.delete(pingKey);
+    for (const [pingKey, ping] of pings) {
+      pings.delete(pingKey);
       const latency = now - ping.sentAt;
       if (pingKey === key) {
         this.latency = latency;
@@ -827,8 +859,13 @@ export interface StreamConnectionOptions extends ConnectionOptions {
 
 // The read buffer grows while reads fill it and starts small, so an idle
 // connection holds little memory.
-const MIN_READ = 1024;
+const MIN_READ = 256;
+// What is left of a read buffer is read into while it has this many bytes (or a whole buffer's).
+const MIN_REUSE = 1024;
 const MAX_READ = 256 * 1024;
+// What the handshake's resolve and reject become once used, so that they are not kept.
+function settled(): void {}
+
 // Microtasks a write waits at most for the application to queue more frames.
 const MAX_FLUSH_WAITS = 64;
 
@@ -861,7 +898,7 @@ export class StreamConnection extends Connection {
   #flushQueued = 0;
   #flushOutput = 0;
   #inflight = 0;
-  #drainWaiters: Waiter<void>[] = [];
+  #drainWaiters: Waiter<void>[] | undefined;
   #transportClosed = false;
   #readSize = MIN_READ;
   #slab: Uint8Array = new Uint8Array(0);
@@ -989,7 +1026,7 @@ export class StreamConnection extends Connection {
       return Promise.resolve();
     }
     if (this.#transportClosed) return Promise.reject(this.closedError ?? this.makeCloseError());
-    return new Promise((resolve, reject) => this.#drainWaiters.push({ resolve, reject }));
+    return new Promise((resolve, reject) => (this.#drainWaiters ??= []).push({ resolve, reject }));
   }
 
   /** The `ConnectionClosed` error matching the close frames exchanged. */
@@ -1085,8 +1122,10 @@ export class StreamConnection extends Connection {
   }
 
   #notifyDrain(): void {
-    if (this.#drainWaiters.length === 0 || this.bufferedAmount > this.writeLimit) return;
-    for (const waiter of this.#drainWaiters.splice(0)) waiter.resolve();
+    const waiters = this.#drainWaiters;
+    if (waiters === undefined || this.bufferedAmount > this.writeLimit) return;
+    this.#drainWaiters = undefined;
+    for (const waiter of waiters) waiter.resolve();
   }
 
   // The protocol asked to close the transport: half-close, and bound the
@@ -1127,11 +1166,17 @@ export class StreamConnection extends Connection {
   // Set while a handshake hook runs, so that aborting doesn't wait for a hook that never returns.
   #onAbort: (() => void) | undefined;
 
-  async #read(): Promise<Uint8Array | null> {
-    if (this.#slab.length < MIN_READ) this.#slab = new Uint8Array(this.#readSize);
-    const slab = this.#slab;
-    const count = await this.transport.read(slab);
-    if (count === null) return null;
+  // The buffer for the next read: what is left of the last one while it is big enough.
+  #readBuffer(): Uint8Array {
+    const size = this.#readSize;
+    if (this.#slab.length < (size < MIN_REUSE ? size : MIN_REUSE)) {
+      this.#slab = new Uint8Array(size);
+    }
+    return this.#slab;
+  }
+
+  // The bytes that a read of `count` bytes into `slab` brought.
+  #readDone(slab: Uint8Array, count: number): Uint8Array {
     const chunk = slab.subarray(0, count);
     this.#slab = slab.subarray(count);
     // Grow the next buffer when reads fill this one, shrink when they don't.
@@ -1150,7 +1195,10 @@ export class StreamConnection extends Connection {
         if (this.queueFull) await this.waitForQueueSpace();
         let chunk: Uint8Array | null;
         try {
-          chunk = await this.#read();
+          // (Not an async helper: one suspended function per idle connection is enough.)
+          const slab = this.#readBuffer();
+          const count = await this.transport.read(slab);
+          chunk = count === null ? null : this.#readDone(slab, count);
         } catch (readError) {
           if (this.#transportClosed) break;
           this.logger?.debug(`connection ${this.id}: read failed: ${readError}`);
@@ -1247,14 +1295,18 @@ export class StreamConnection extends Connection {
     if (this.#handshakeSettled) return;
     this.#handshakeSettled = true;
     this.logger?.info(`connection ${this.id} open`);
-    this.#handshakeResolve();
+    const resolve = this.#handshakeResolve;
+    this.#handshakeResolve = this.#handshakeReject = settled;
+    resolve();
     this.startKeepalive();
   }
 
   #settleHandshake(error: unknown): void {
     if (this.#handshakeSettled) return;
     this.#handshakeSettled = true;
-    this.#handshakeReject(error);
+    const reject = this.#handshakeReject;
+    this.#handshakeResolve = this.#handshakeReject = settled;
+    reject(error);
   }
 
   #finish(error: Error | undefined): void {
@@ -1279,11 +1331,17 @@ export class StreamConnection extends Connection {
         // already at EOF
       }
     }
-    this.#settleHandshake(
-      protocol.handshakeError ?? error ?? new ConnectionClosedError(undefined, undefined),
-    );
-    const closeError = protocol.closeError;
-    for (const waiter of this.#drainWaiters.splice(0)) waiter.reject(closeError);
+    if (!this.#handshakeSettled) {
+      this.#settleHandshake(
+        protocol.handshakeError ?? error ?? new ConnectionClosedError(undefined, undefined),
+      );
+    }
+    const drainWaiters = this.#drainWaiters;
+    if (drainWaiters !== undefined) {
+      this.#drainWaiters = undefined;
+      const closeError = protocol.closeError;
+      for (const waiter of drainWaiters) waiter.reject(closeError);
+    }
     const rcvd = protocol.closeRcvd, sent = protocol.closeSent;
     this.terminate({
       code: rcvd?.code ?? CloseCode.ABNORMAL_CLOSURE,
