@@ -20,13 +20,20 @@ import {
   type ConnectionOptions,
   DEFAULTS,
   StreamConnection,
+  type StreamConnectionOptions,
 } from "./connection.ts";
 import { HandshakeTimeout, InvalidHandshake } from "./errors.ts";
 import type { ServerExtensionFactory } from "./extensions.ts";
 import { Headers, parseAuthorizationBasic } from "./headers.ts";
 import { type HttpLimits, type Request, Response } from "./http11.ts";
 import { defaultServerExtensions } from "./permessage_deflate.ts";
-import { type OriginPattern, type SelectSubprotocol, ServerProtocol, State } from "./protocol.ts";
+import {
+  type OriginPattern,
+  type ProtocolEvent,
+  type SelectSubprotocol,
+  ServerProtocol,
+  State,
+} from "./protocol.ts";
 
 /** The `Server` header sent by default. */
 export const SERVER_HEADER: string = `Deno/${
@@ -256,6 +263,74 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
     return response;
   }
 
+  // One handshake hook for every connection: the protocol is found on the connection.
+  async function onHandshake(event: ProtocolEvent, current: StreamConnection): Promise<void> {
+    if (event.type !== "request") return;
+    const request = event.request;
+    const self = current as ServerConnection;
+    const protocol = self.protocol as ServerProtocol;
+    let response: Response | undefined;
+    if (options.processRequest !== undefined) {
+      try {
+        const answer = await options.processRequest(self, request);
+        if (answer !== undefined) response = await toResponse(answer);
+      } catch (error) {
+        response = hookFailed(protocol, self, "processRequest", error);
+      }
+    }
+    if (response === undefined) {
+      if (
+        options.maxConnections !== undefined &&
+        connections.size + handshaking > options.maxConnections
+      ) {
+        response = protocol.reject(
+          503,
+          `Too many connections: the limit is ${options.maxConnections}.\n`,
+        );
+        response.exception = new InvalidHandshake(
+          `too many connections: limit is ${options.maxConnections}`,
+        );
+      } else if (closing) {
+        response = protocol.reject(503, "Server is shutting down.\n");
+      } else {
+        response = protocol.accept(request);
+      }
+    }
+    if (options.processResponse !== undefined) {
+      try {
+        const answer = await options.processResponse(self, request, response);
+        if (answer !== undefined) response = await toResponse(answer);
+      } catch (error) {
+        response = hookFailed(protocol, self, "processResponse", error);
+      }
+    }
+    if (protocol.state !== State.CONNECTING) return; // the peer went away meanwhile
+    protocol.sendResponse(response);
+    self.flushSoon();
+    const status = response.statusCode;
+    if (status !== 101) {
+      logger?.info(
+        `connection ${self.id}: handshake answered ${status}${
+          response.exception ? `: ${response.exception.message}` : ""
+        }`,
+      );
+    }
+  }
+
+  const connectionOptions: StreamConnectionOptions = { ...options, onHandshake };
+  const protocolOptions = {
+    origins: options.origins,
+    extensions,
+    subprotocols: options.subprotocols,
+    selectSubprotocol: options.selectSubprotocol,
+    serverHeader: options.serverHeader === null
+      ? undefined
+      : (options.serverHeader ?? SERVER_HEADER),
+    maxSize: options.maxSize,
+    httpLimits: options.httpLimits,
+    logger,
+  };
+
   async function handle(conn: Deno.Conn): Promise<void> {
     if ((conn as Deno.TcpConn).setNoDelay !== undefined && options.unix === undefined) {
       try {
@@ -264,72 +339,8 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
         // not TCP
       }
     }
-    const protocol = new ServerProtocol({
-      origins: options.origins,
-      extensions,
-      subprotocols: options.subprotocols,
-      selectSubprotocol: options.selectSubprotocol,
-      serverHeader: options.serverHeader === null
-        ? undefined
-        : (options.serverHeader ?? SERVER_HEADER),
-      maxSize: options.maxSize,
-      httpLimits: options.httpLimits,
-      logger,
-    });
-    const connection = new ServerConnection(protocol, conn, {
-      ...options,
-      onHandshake: async (event, current) => {
-        if (event.type !== "request") return;
-        const request = event.request;
-        const self = current as ServerConnection;
-        let response: Response | undefined;
-        if (options.processRequest !== undefined) {
-          try {
-            const answer = await options.processRequest(self, request);
-            if (answer !== undefined) response = await toResponse(answer);
-          } catch (error) {
-            response = hookFailed(protocol, self, "processRequest", error);
-          }
-        }
-        if (response === undefined) {
-          if (
-            options.maxConnections !== undefined &&
-            connections.size + handshaking > options.maxConnections
-          ) {
-            response = protocol.reject(
-              503,
-              `Too many connections: the limit is ${options.maxConnections}.\n`,
-            );
-            response.exception = new InvalidHandshake(
-              `too many connections: limit is ${options.maxConnections}`,
-            );
-          } else if (closing) {
-            response = protocol.reject(503, "Server is shutting down.\n");
-          } else {
-            response = protocol.accept(request);
-          }
-        }
-        if (options.processResponse !== undefined) {
-          try {
-            const answer = await options.processResponse(self, request, response);
-            if (answer !== undefined) response = await toResponse(answer);
-          } catch (error) {
-            response = hookFailed(protocol, self, "processResponse", error);
-          }
-        }
-        if (protocol.state !== State.CONNECTING) return; // the peer went away meanwhile
-        protocol.sendResponse(response);
-        self.flushSoon();
-        const status = response.statusCode;
-        if (status !== 101) {
-          logger?.info(
-            `connection ${self.id}: handshake answered ${status}${
-              response.exception ? `: ${response.exception.message}` : ""
-            }`,
-          );
-        }
-      },
-    });
+    const protocol = new ServerProtocol(protocolOptions);
+    const connection = new ServerConnection(protocol, conn, connectionOptions);
     handshaking++;
     inHandshake.add(connection);
     const timer = setTimeout(() => {
@@ -348,6 +359,11 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
       handshaking--;
       inHandshake.delete(connection);
     }
+    // The handler runs in a function of its own, so that nothing of the handshake stays referenced.
+    return runHandler(connection);
+  }
+
+  async function runHandler(connection: ServerConnection): Promise<void> {
     connections.add(connection);
     try {
       await handler(connection);
@@ -362,6 +378,10 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
     } finally {
       connections.delete(connection);
     }
+  }
+
+  function unexpectedError(error: unknown): void {
+    logger?.error("unexpected error in connection", error);
   }
 
   async function acceptLoop(): Promise<void> {
@@ -379,9 +399,7 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
         await new Promise((resolve) => setTimeout(resolve, 50));
         continue;
       }
-      const task = handle(conn).catch((error) => {
-        logger?.error("unexpected error in connection", error);
-      });
+      const task = handle(conn).catch(unexpectedError);
       pending.add(task);
       task.finally(() => pending.delete(task));
     }
