@@ -192,11 +192,7 @@ async function openOnce(
     return connection;
   } catch (error) {
     if (connection !== undefined) {
-      try {
-        connection.transport.close();
-      } catch {
-        // already closed
-      }
+      connection.abort();
       await connection.closed;
     } else if (transport !== undefined) {
       try {

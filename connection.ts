@@ -923,6 +923,15 @@ export class StreamConnection extends Connection {
     this.handshake.catch(() => {});
   }
 
+  /**
+   * Closes the transport at once, without a closing handshake (the peer sees
+   * the TCP connection drop; `closed` reports 1006). Does nothing when the
+   * transport is already closed.
+   */
+  abort(): void {
+    this.#abort();
+  }
+
   /** Starts the read loop (and, once open, keepalive). */
   start(): void {
     this.#readLoop ??= this.#run();

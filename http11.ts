@@ -846,3 +846,54 @@ function parseTransferCodings(name: string, value: string): string[] {
     throw new InvalidHeaderValue(name, value, `unsupported transfer coding: ${value}`);
   }
 }
+
+const REASON_PHRASES: Record<number, string> = {
+  100: "Continue",
+  101: "Switching Protocols",
+  200: "OK",
+  201: "Created",
+  202: "Accepted",
+  204: "No Content",
+  301: "Moved Permanently",
+  302: "Found",
+  303: "See Other",
+  304: "Not Modified",
+  307: "Temporary Redirect",
+  308: "Permanent Redirect",
+  400: "Bad Request",
+  401: "Unauthorized",
+  403: "Forbidden",
+  404: "Not Found",
+  405: "Method Not Allowed",
+  408: "Request Timeout",
+  409: "Conflict",
+  410: "Gone",
+  413: "Content Too Large",
+  426: "Upgrade Required",
+  429: "Too Many Requests",
+  431: "Request Header Fields Too Large",
+  500: "Internal Server Error",
+  501: "Not Implemented",
+  502: "Bad Gateway",
+  503: "Service Unavailable",
+  504: "Gateway Timeout",
+};
+
+/**
+ * The standard reason phrase of an HTTP status code (RFC 9110), or a
+ * generic one by class (`"Error"` for an unknown 4xx/5xx, `"OK"` for 2xx…).
+ *
+ * @example
+ * ```ts
+ * import { reasonPhrase } from "@denows/websockets/http11";
+ * console.log(reasonPhrase(426), reasonPhrase(299)); // Upgrade Required OK
+ * ```
+ */
+export function reasonPhrase(statusCode: number): string {
+  const phrase = REASON_PHRASES[statusCode];
+  if (phrase !== undefined) return phrase;
+  if (statusCode < 200) return "Informational";
+  if (statusCode < 300) return "OK";
+  if (statusCode < 400) return "Redirection";
+  return "Error";
+}

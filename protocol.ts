@@ -66,7 +66,14 @@ import {
   parseSubprotocol,
   parseUpgrade,
 } from "./headers.ts";
-import { type HttpLimits, Request, RequestParser, Response, ResponseParser } from "./http11.ts";
+import {
+  type HttpLimits,
+  reasonPhrase,
+  Request,
+  RequestParser,
+  Response,
+  ResponseParser,
+} from "./http11.ts";
 import type { WebSocketURI } from "./uri.ts";
 
 /**
@@ -1044,18 +1051,6 @@ export interface ServerProtocolOptions extends ProtocolOptions {
   serverHeader?: string;
 }
 
-const STATUS_PHRASES: Record<number, string> = {
-  101: "Switching Protocols",
-  200: "OK",
-  400: "Bad Request",
-  401: "Unauthorized",
-  403: "Forbidden",
-  404: "Not Found",
-  426: "Upgrade Required",
-  500: "Internal Server Error",
-  503: "Service Unavailable",
-};
-
 /**
  * The server side: parses the handshake request (emitted as a `request`
  * event), checks it with {@linkcode ServerProtocol.prototype.accept}, which
@@ -1331,7 +1326,7 @@ export class ServerProtocol extends Protocol {
     if (this.#options.serverHeader !== undefined) {
       headers.append("Server", this.#options.serverHeader);
     }
-    return new Response(statusCode, STATUS_PHRASES[statusCode] ?? "Error", headers, body);
+    return new Response(statusCode, reasonPhrase(statusCode), headers, body);
   }
 
   /**

@@ -25,7 +25,7 @@ import {
 import { HandshakeTimeout, InvalidHandshake } from "./errors.ts";
 import type { ServerExtensionFactory } from "./extensions.ts";
 import { Headers, parseAuthorizationBasic } from "./headers.ts";
-import { type HttpLimits, type Request, Response } from "./http11.ts";
+import { type HttpLimits, reasonPhrase, type Request, Response } from "./http11.ts";
 import { defaultServerExtensions } from "./permessage_deflate.ts";
 import {
   type OriginPattern,
@@ -203,7 +203,12 @@ async function toResponse(answer: Response | globalThis.Response): Promise<Respo
   const body = new Uint8Array(await answer.arrayBuffer());
   headers.set("Content-Length", String(body.length));
   if (!headers.has("Connection")) headers.append("Connection", "close");
-  return new Response(answer.status, answer.statusText || "OK", headers, body);
+  return new Response(
+    answer.status,
+    answer.statusText || reasonPhrase(answer.status),
+    headers,
+    body,
+  );
 }
 
 /**
@@ -346,7 +351,7 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
     const timer = setTimeout(() => {
       if (connection.state === State.CONNECTING) {
         logger?.info(`connection ${connection.id}: ${new HandshakeTimeout(openTimeout).message}`);
-        connection.transport.close();
+        connection.abort();
       }
     }, openTimeout);
     connection.start();
@@ -418,6 +423,13 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
       // already closed
     }
     await acceptLoopDone;
+    // Connections that haven't sent a request yet (e.g. a browser's spare
+    // sockets) have nothing to finish: drop them now.
+    for (const connection of inHandshake) {
+      if (connection.request === undefined) {
+        connection.abort();
+      }
+    }
     const all = [...connections];
     await Promise.all(all.map((connection) => connection.close(1001, "server shutting down")));
     // Handshakes in progress end within openTimeout; bound the wait by closeTimeout too.
@@ -430,11 +442,7 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
     // Handshakes still in progress are dropped so that no socket outlives close().
     const dropped = [...inHandshake];
     for (const connection of dropped) {
-      try {
-        connection.transport.close();
-      } catch {
-        // already closed
-      }
+      connection.abort();
     }
     await Promise.all(dropped.map((connection) => connection.closed));
     finishedResolve();

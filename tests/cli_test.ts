@@ -27,27 +27,54 @@ async function runCli(
 Deno.test("cli: sends typed lines, prints replies and closes cleanly on end of input", async () => {
   const received: string[] = [];
   const server = serve(async (ws) => {
+    await ws.send(new Uint8Array([1, 2]));
     for await (const message of ws) {
       received.push(String(message));
       await ws.send(message);
-      if (typeof message === "string" && message === "second") {
-        await ws.send(new Uint8Array([1, 2]));
-      }
     }
   }, { hostname: "127.0.0.1", port: 0 });
+  const uri = `ws://127.0.0.1:${server.port}/`;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", cli, uri],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let stdout = "";
+  // Types a line once the previous answer is on screen, as a person would.
+  const waitFor = async (pattern: RegExp): Promise<void> => {
+    while (!pattern.test(stdout)) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`output ended before ${pattern}: ${stdout}`);
+      stdout += value;
+    }
+  };
   try {
-    const uri = `ws://127.0.0.1:${server.port}/`;
-    // Wait for each reply before ending input: the server may not answer after the close.
-    const { code, stdout } = await runCli([uri], "first\nsecond\n/ping\n");
+    await waitFor(/< \(binary\) 2 bytes: 01 02\n/);
+    await writer.write(new TextEncoder().encode("first\n"));
+    await waitFor(/< first\n/);
+    await writer.write(new TextEncoder().encode("/ping\n"));
+    await waitFor(/= pong in [0-9.]+ ms\n/);
+    await writer.close();
+    await waitFor(/Connection closed: .*\n/);
+    const { code } = await child.status;
     assert.equal(code, 0);
     const lines = stdout.trim().split("\n");
-    assert.equal(lines[0], `Connected to ${uri}`);
-    assert.ok(lines.includes("< first"), stdout);
-    assert.ok(lines.includes("< (binary) 2 bytes: 01 02"), stdout);
-    assert.ok(lines.some((line) => /^= pong in [0-9.]+ ms$/.test(line)), stdout);
-    assert.equal(lines.at(-1), "Connection closed: 1000 (OK).");
-    assert.deepEqual(received.slice(0, 2), ["first", "second"]);
+    assert.deepEqual(lines, [
+      `Connected to ${uri}`,
+      "< (binary) 2 bytes: 01 02",
+      "< first",
+      lines[3],
+      "Connection closed: 1000 (OK).",
+    ]);
+    assert.match(lines[3], /^= pong in [0-9.]+ ms$/);
+    assert.deepEqual(received, ["first"]);
   } finally {
+    reader.releaseLock();
+    await child.stdout.cancel().catch(() => {});
+    await child.status;
     await server.close();
   }
 });

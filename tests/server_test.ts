@@ -548,10 +548,15 @@ Deno.test("server: close() closes every connection with 1001 and stops accepting
 });
 
 Deno.test("server: close() drops handshakes still in progress after closeTimeout", async () => {
-  const { server } = serveLocal(echo, { closeTimeout: 300, openTimeout: 10_000 });
+  // processRequest never answers: the handshake stays in progress.
+  const { server } = serveLocal(echo, {
+    closeTimeout: 300,
+    openTimeout: 10_000,
+    processRequest: () => new Promise(() => {}),
+  });
   const peer = await RawPeer.connect(server.port);
   try {
-    await peer.write(`GET / HTTP/1.1\r\nHost: ${HOST}\r\n`);
+    await peer.write(`GET / HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`);
     await delay(50);
     const started = performance.now();
     await within(server.close(), 3000, "server.close()");
@@ -561,6 +566,26 @@ Deno.test("server: close() drops handshakes still in progress after closeTimeout
     assert.ok(closing >= 250 && closing < 1500, `close() took ${closing} ms`);
   } finally {
     peer.close();
+    await server.close();
+  }
+});
+
+Deno.test("server: close() drops at once connections that haven't sent a whole request", async () => {
+  const { server } = serveLocal(echo, { closeTimeout: 5_000, openTimeout: 10_000 });
+  const idle = await RawPeer.connect(server.port);
+  const partial = await RawPeer.connect(server.port);
+  try {
+    await partial.write(`GET / HTTP/1.1\r\nHost: ${HOST}\r\n`);
+    await delay(50);
+    const started = performance.now();
+    await within(server.close(), 3000, "server.close()");
+    const closing = performance.now() - started;
+    assert.deepEqual(await within(idle.readToEnd(), 200, "EOF"), new Uint8Array(0));
+    assert.deepEqual(await within(partial.readToEnd(), 200, "EOF"), new Uint8Array(0));
+    assert.ok(closing < 1000, `close() took ${closing} ms`);
+  } finally {
+    idle.close();
+    partial.close();
     await server.close();
   }
 });
