@@ -417,13 +417,23 @@ Deno.test("pubsub: a failed publish goes to onError and the local members still 
 Deno.test("pubsub: two Workers share a room over BroadcastChannel", async () => {
   const workers = [0, 1].map(() => new Worker(WORKER, { type: "module" }));
   const events: { type: string; port?: number; name?: string; message?: string }[][] = [[], []];
-  workers.forEach((worker, i) => (worker.onmessage = (event) => events[i].push(event.data)));
+  const failures: string[] = [];
+  workers.forEach((worker, i) => {
+    worker.onmessage = (event) => events[i].push(event.data);
+    worker.onerror = (event) => {
+      event.preventDefault();
+      failures.push(event.message);
+    };
+  });
   const clients: Connection[] = [];
   try {
+    // Loading a Worker type-checks its module first: allow for a busy machine.
     await waitFor(
-      () => events.every((list) => list.some((e) => e.type === "listening")),
-      "workers",
+      () => failures.length > 0 || events.every((list) => list.some((e) => e.type === "listening")),
+      "workers listening",
+      30_000,
     );
+    assert.deepEqual(failures, []);
     const ports = events.map((list) => list.find((e) => e.type === "listening")!.port!);
     for (const port of [ports[0], ports[1], ports[1]]) {
       clients.push(await connect(`ws://${HOST}:${port}/`));
@@ -443,6 +453,7 @@ Deno.test("pubsub: two Workers share a room over BroadcastChannel", async () => 
     await waitFor(
       () => events.every((list) => list.some((e) => e.type === "stopped")),
       "workers stopped",
+      10_000,
     ).finally(() => workers.forEach((worker) => worker.terminate()));
   }
 });
