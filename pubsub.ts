@@ -693,10 +693,11 @@ function watchClient(
  *   disconnected when a message is published never gets it.
  * - **Reconnection.** node-redis reconnects by itself and resubscribes
  *   the subscriber's channels when it does; messages flow again without
- *   anything to do here. While subscribed, the first `error` event of each
- *   client after it was ready goes to the room's `onError` as a
- *   {@linkcode BackplaneError} (these listeners also keep an `error` event
- *   from crashing the process).
+ *   anything to do here. While rooms are subscribed, the first `error`
+ *   event of each client after it was ready goes to their `onError` as a
+ *   {@linkcode BackplaneError}. The backplane adds one `error` and one
+ *   `ready` listener per client however many rooms share it, and these
+ *   also keep an `error` event from crashing the process.
  * - **Offline publishing.** Create the publisher with
  *   `disableOfflineQueue: true`: a publish while Redis is down then fails
  *   at once (reported to `onError`) instead of queueing in memory until
@@ -741,6 +742,30 @@ export function redisBackplane(publisher: RedisPublisher, subscriber: RedisSubsc
         "(a subscribed client can't publish); create the subscriber with publisher.duplicate()",
     );
   }
+  // One pair of event listeners per client, however many rooms subscribe
+  // (no listener pile-up on the clients), fanned out to the rooms' onError.
+  const errorHandlers = new Set<{ report: (error: Error) => void }>();
+  let stopWatching: (() => void) | undefined;
+  const reportAll = (error: Error) => {
+    for (const handler of errorHandlers) handler.report(error);
+  };
+  function watch(report: (error: Error) => void): () => void {
+    const handler = { report };
+    errorHandlers.add(handler);
+    if (stopWatching === undefined) {
+      const stops = [
+        watchClient(publisher, "publisher", reportAll),
+        watchClient(subscriber, "subscriber", reportAll),
+      ];
+      stopWatching = () => stops.forEach((stop) => stop());
+    }
+    return () => {
+      if (!errorHandlers.delete(handler) || errorHandlers.size !== 0) return;
+      stopWatching?.();
+      stopWatching = undefined;
+    };
+  }
+
   return {
     async publish(channel: string, data: Uint8Array): Promise<void> {
       await publisher.publish(channel, toNodeBuffer(data) as never);
@@ -754,21 +779,18 @@ export function redisBackplane(publisher: RedisPublisher, subscriber: RedisSubsc
       const listener = (message: Uint8Array) => {
         if (subscribed) onMessage(message);
       };
-      const unwatch = onError === undefined ? [] : [
-        watchClient(publisher, "publisher", onError),
-        watchClient(subscriber, "subscriber", onError),
-      ];
-      const stopWatching = () => unwatch.forEach((stop) => stop());
+      const unwatch = onError === undefined ? noop : watch(onError);
       try {
         await subscriber.subscribe(channel, listener, true);
       } catch (error) {
-        stopWatching();
+        subscribed = false;
+        unwatch();
         throw error;
       }
       return async () => {
         if (!subscribed) return;
         subscribed = false;
-        stopWatching();
+        unwatch();
         const unsubscribed = Promise.resolve(subscriber.unsubscribe(channel, listener, true));
         if (subscriber.isReady === false) {
           // Redis is unreachable: the client sends UNSUBSCRIBE once it is back

@@ -604,6 +604,46 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name:
+    "pubsub: rooms sharing a Redis backplane add one listener per client and all hear of a loss",
+  ignore: SKIP_REDIS,
+  async fn() {
+    const redis = await startRedis();
+    const publisher = createClient({ url: redis.url, disableOfflineQueue: true });
+    const subscriber = createClient({ url: redis.url });
+    const clients = [publisher, subscriber];
+    for (const client of clients) client.on("error", () => {});
+    const counts = () => clients.map((client) => client.listenerCount("error"));
+    try {
+      await Promise.all(clients.map((client) => client.connect()));
+      const backplane = redisBackplane(publisher, subscriber);
+      const before = counts();
+      const errors: Error[][] = [];
+      const rooms = Array.from({ length: 20 }, (_, i) => {
+        const list: Error[] = [];
+        errors.push(list);
+        return new Room(`room ${i}`, { backplane, onError: (error) => list.push(error) });
+      });
+      await Promise.all(rooms.map((room) => room.open()));
+      assert.deepEqual(counts(), before.map((count) => count + 1));
+      await redis.stop();
+      await waitFor(() => errors.every((list) => list.length === 2), "every room told");
+      assert.deepEqual(
+        errors.map((list) => list.map((error) => error.message.split(":")[0]).sort()),
+        rooms.map(
+          () => ["Redis publisher connection failed", "Redis subscriber connection failed"],
+        ),
+      );
+      await Promise.all(rooms.map((room) => room.close()));
+      assert.deepEqual(counts(), before);
+    } finally {
+      await Promise.allSettled(clients.map((client) => client.disconnect()));
+      await redis.stop();
+    }
+  },
+});
+
 // ---------------------------------------------------------------- Redis, two processes
 
 interface ClusterProcess {
