@@ -182,10 +182,10 @@ export function validateHeaderValue(name: string, value: string): void {
  * ```
  */
 export class Headers implements Iterable<string> {
-  // Lower-cased name → values, for lookups.
-  #values: Map<string, string[]> = new Map();
-  // Every pair as given, for serialization and rawItems().
-  #items: [string, string][] = [];
+  // Every pair in order, flat: name as given, value, name, value… Lookups
+  // scan it: a handshake has a handful of headers (at most maxNumHeaders),
+  // and one array per instance holds far less memory than a map of arrays.
+  #items: string[] = [];
 
   /**
    * Creates headers, optionally filled from another `Headers`, a WHATWG
@@ -200,7 +200,11 @@ export class Headers implements Iterable<string> {
 
   /** The number of distinct header names. */
   get size(): number {
-    return this.#values.size;
+    let size = 0;
+    for (let i = 0; i < this.#items.length; i += 2) {
+      if (this.#indexOf(this.#items[i]) === i) size++;
+    }
+    return size;
   }
 
   /**
@@ -210,21 +214,25 @@ export class Headers implements Iterable<string> {
    * @throws {MultipleValuesError} if the header has several values.
    */
   get(name: string): string | undefined {
-    const values = this.#values.get(name.toLowerCase());
-    if (values === undefined) return undefined;
-    if (values.length > 1) throw new MultipleValuesError(name);
-    return values[0];
+    const index = this.#indexOf(name);
+    if (index === -1) return undefined;
+    if (this.#indexOf(name, index + 2) !== -1) throw new MultipleValuesError(name);
+    return this.#items[index + 1];
   }
 
   /** Every value of header `name` (case-insensitive), in order; a new array, possibly empty. */
   getAll(name: string): string[] {
-    const values = this.#values.get(name.toLowerCase());
-    return values === undefined ? [] : [...values];
+    const values: string[] = [];
+    const items = this.#items;
+    for (let i = 0; i < items.length; i += 2) {
+      if (sameName(items[i], name)) values.push(items[i + 1]);
+    }
+    return values;
   }
 
   /** Whether header `name` (case-insensitive) has at least one value. */
   has(name: string): boolean {
-    return this.#values.has(name.toLowerCase());
+    return this.#indexOf(name) !== -1;
   }
 
   /**
@@ -256,15 +264,18 @@ export class Headers implements Iterable<string> {
 
   /** Removes every value of header `name`; returns whether there was any. */
   delete(name: string): boolean {
-    const key = name.toLowerCase();
-    if (!this.#values.delete(key)) return false;
-    this.#items = this.#items.filter(([itemName]) => itemName.toLowerCase() !== key);
+    if (this.#indexOf(name) === -1) return false;
+    const items = this.#items;
+    const kept: string[] = [];
+    for (let i = 0; i < items.length; i += 2) {
+      if (!sameName(items[i], name)) kept.push(items[i], items[i + 1]);
+    }
+    this.#items = kept;
     return true;
   }
 
   /** Removes every header. */
   clear(): void {
-    this.#values.clear();
     this.#items = [];
   }
 
@@ -278,7 +289,8 @@ export class Headers implements Iterable<string> {
   update(other: HeadersInput): void {
     if (other instanceof Headers) {
       // Already validated.
-      for (const [name, value] of other.#items) this.#add(name, value);
+      const items = other.#items;
+      for (let i = 0; i < items.length; i += 2) this.#add(items[i], items[i + 1]);
     } else if (isIterable(other)) {
       for (const [name, value] of other) this.append(name, value);
     } else {
@@ -297,12 +309,16 @@ export class Headers implements Iterable<string> {
    * The relative order of different names does not matter.
    */
   equals(other: Headers): boolean {
-    if (other.#values.size !== this.#values.size) return false;
-    for (const [key, values] of this.#values) {
-      const otherValues = other.#values.get(key);
-      if (otherValues === undefined || otherValues.length !== values.length) return false;
-      for (let i = 0; i < values.length; i++) {
-        if (values[i] !== otherValues[i]) return false;
+    if (other.size !== this.size) return false;
+    const items = this.#items;
+    for (let i = 0; i < items.length; i += 2) {
+      const name = items[i];
+      if (this.#indexOf(name) !== i) continue; // each name once
+      const values = this.getAll(name);
+      const otherValues = other.getAll(name);
+      if (otherValues.length !== values.length) return false;
+      for (let j = 0; j < values.length; j++) {
+        if (values[j] !== otherValues[j]) return false;
       }
     }
     return true;
@@ -310,12 +326,20 @@ export class Headers implements Iterable<string> {
 
   /** Every `[name, value]` pair in insertion order, with names as given. */
   rawItems(): IterableIterator<[string, string]> {
-    return this.#items.map(([name, value]): [string, string] => [name, value])[Symbol.iterator]();
+    const pairs: [string, string][] = [];
+    const items = this.#items;
+    for (let i = 0; i < items.length; i += 2) pairs.push([items[i], items[i + 1]]);
+    return pairs[Symbol.iterator]();
   }
 
   /** Each distinct header name once, lower-cased, in order of first appearance. */
   keys(): IterableIterator<string> {
-    return this.#values.keys();
+    const keys: string[] = [];
+    const items = this.#items;
+    for (let i = 0; i < items.length; i += 2) {
+      if (this.#indexOf(items[i]) === i) keys.push(items[i].toLowerCase());
+    }
+    return keys[Symbol.iterator]();
   }
 
   /** Same as {@linkcode Headers.prototype.keys}. */
@@ -329,7 +353,8 @@ export class Headers implements Iterable<string> {
    */
   toString(): string {
     let text = "";
-    for (const [name, value] of this.#items) text += `${name}: ${value}\r\n`;
+    const items = this.#items;
+    for (let i = 0; i < items.length; i += 2) text += `${items[i]}: ${items[i + 1]}\r\n`;
     return text + "\r\n";
   }
 
@@ -342,12 +367,32 @@ export class Headers implements Iterable<string> {
   }
 
   #add(name: string, value: string): void {
-    const key = name.toLowerCase();
-    const values = this.#values.get(key);
-    if (values === undefined) this.#values.set(key, [value]);
-    else values.push(value);
-    this.#items.push([name, value]);
+    this.#items.push(name, value);
   }
+
+  // The index in #items of the first pair named `name` at or after `from`, or -1.
+  #indexOf(name: string, from: number = 0): number {
+    const items = this.#items;
+    for (let i = from; i < items.length; i += 2) {
+      if (sameName(items[i], name)) return i;
+    }
+    return -1;
+  }
+}
+
+// Whether two header names are equal ignoring ASCII case (valid names are ASCII tokens).
+function sameName(a: string, b: string): boolean {
+  if (a === b) return true;
+  const length = a.length;
+  if (length !== b.length) return false;
+  for (let i = 0; i < length; i++) {
+    const x = a.charCodeAt(i);
+    const y = b.charCodeAt(i);
+    if (x === y) continue;
+    const lower = x | 0x20;
+    if ((x ^ y) !== 0x20 || lower < 0x61 || lower > 0x7a) return false;
+  }
+  return true;
 }
 
 function isIterable(value: object): value is Iterable<[string, string]> {

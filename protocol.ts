@@ -717,6 +717,19 @@ export abstract class Protocol {
   }
 }
 
+// The Date header value, formatted at most once per second.
+let dateSecond = -1;
+let dateText = "";
+function httpDate(): string {
+  const now = Date.now();
+  const second = Math.floor(now / 1000);
+  if (second !== dateSecond) {
+    dateSecond = second;
+    dateText = new Date(now).toUTCString();
+  }
+  return dateText;
+}
+
 function writeLength(out: Uint8Array, length: number): void {
   if (length < 126) {
     out[1] = length;
@@ -1185,7 +1198,7 @@ export class ServerProtocol extends Protocol {
     this.extensions = extensions;
     this.subprotocol = subprotocol;
     const headers = new Headers();
-    headers.append("Date", new Date().toUTCString());
+    headers.append("Date", httpDate());
     headers.append("Upgrade", "websocket");
     headers.append("Connection", "Upgrade");
     headers.append("Sec-WebSocket-Accept", accept);
@@ -1319,7 +1332,7 @@ export class ServerProtocol extends Protocol {
   reject(statusCode: number, text: string): Response {
     const body = textEncoder.encode(text);
     const headers = new Headers();
-    headers.append("Date", new Date().toUTCString());
+    headers.append("Date", httpDate());
     headers.append("Connection", "close");
     headers.append("Content-Length", String(body.length));
     headers.append("Content-Type", "text/plain; charset=utf-8");
