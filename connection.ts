@@ -194,6 +194,8 @@ export function isBytes(value: unknown): value is BinaryData {
 interface Waiter<T> {
   resolve(value: T): void;
   reject(error: unknown): void;
+  // Called instead of reject() on a normal closure, when given: iteration ends without an error.
+  end?: () => void;
 }
 
 /**
@@ -429,13 +431,20 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
         if (this.messagesQueued !== 0) {
           return Promise.resolve({ value: this.#takeMessage(), done: false });
         }
-        return this.recv().then(
-          (value): IteratorResult<Message> => ({ value, done: false }),
-          (error): IteratorResult<Message> => {
-            if (error instanceof ConnectionClosedOK) return { value: undefined, done: true };
-            throw error;
-          },
-        );
+        if (this.#closedResult !== undefined) {
+          if (this.closedOK) return Promise.resolve({ value: undefined, done: true });
+          return Promise.reject(this.closedError);
+        }
+        // A normal closure ends the iteration without building the close error.
+        return new Promise<IteratorResult<Message>>((resolve, reject) => {
+          const waiter: Waiter<Message> = {
+            resolve: (value) => resolve({ value, done: false }),
+            reject,
+            end: () => resolve({ value: undefined, done: true }),
+          };
+          if (this.#recvWaiter === undefined) this.#recvWaiter = waiter;
+          else (this.#recvWaiters ??= []).push(waiter);
+        });
       },
       return: (): Promise<IteratorResult<Message>> => {
         return Promise.resolve({ value: undefined, done: true });
@@ -476,12 +485,12 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
     const recvWaiter = this.#recvWaiter;
     if (recvWaiter !== undefined) {
       this.#recvWaiter = undefined;
-      recvWaiter.reject(this.closedError);
+      this.#endWaiter(recvWaiter);
     }
     const recvWaiters = this.#recvWaiters;
     if (recvWaiters !== undefined) {
       this.#recvWaiters = undefined;
-      for (const waiter of recvWaiters) waiter.reject(this.closedError);
+      for (const waiter of recvWaiters) this.#endWaiter(waiter);
     }
     const pings = this.#pings;
     if (pings !== undefined) {
@@ -495,6 +504,20 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
       this.logger.info(`connection ${this.id} closed: ${this.closedError!.message}`);
     }
     this.#closedResolve(result);
+  }
+
+  #endWaiter(waiter: Waiter<Message>): void {
+    if (waiter.end !== undefined && this.closedOK) waiter.end();
+    else waiter.reject(this.closedError);
+  }
+
+  /**
+   * Whether the connection is closed and its close error is
+   * `ConnectionClosedOK` (a normal closure). Implementations may answer
+   * without building the error.
+   */
+  protected get closedOK(): boolean {
+    return this.closedError instanceof ConnectionClosedOK;
   }
 
   /** The error describing the close, once closed. */
@@ -1043,6 +1066,14 @@ export class StreamConnection extends Connection {
     return this.protocol.closeError;
   }
 
+  /** Whether the close frames exchanged make a normal closure, without building the error. */
+  protected override get closedOK(): boolean {
+    if (this.state !== State.CLOSED) return false;
+    const rcvd = this.protocol.closeRcvd, sent = this.protocol.closeSent;
+    return rcvd !== undefined && sent !== undefined && isOkCode(rcvd.code) &&
+      isOkCode(sent.code);
+  }
+
   /**
    * Schedules a write of everything the protocol produced, coalesced into one write. The write
    * waits while the application makes progress from one microtask to the next (reads a queued
@@ -1140,11 +1171,15 @@ export class StreamConnection extends Connection {
   // The protocol asked to close the transport: half-close, and bound the
   // wait for the other side's close with closeTimeout.
   async #endOutput(): Promise<void> {
-    this.#startCloseTimer();
-    if (this.protocol.eofReceived) {
+    const protocol = this.protocol;
+    // Nothing more is to be read once the end of the stream came, nor on a server once the
+    // client's close frame came (a client sends nothing after it, RFC 6455 §5.5.1): close
+    // at once, rather than half-close and wait for the client's end of stream.
+    if (protocol.eofReceived || (!protocol.isClient && protocol.closeRcvd !== undefined)) {
       this.#abort();
       return;
     }
+    this.#startCloseTimer();
     try {
       if (this.transport.closeWrite !== undefined) await this.transport.closeWrite();
       else this.#abort();
@@ -1388,6 +1423,12 @@ export class StreamConnection extends Connection {
     }
     await this.closed;
   }
+}
+
+// The close codes of a normal closure (the ones `ConnectionClosedOK` stands for).
+function isOkCode(code: number): boolean {
+  return code === CloseCode.NORMAL_CLOSURE || code === CloseCode.GOING_AWAY ||
+    code === CloseCode.NO_STATUS_RCVD;
 }
 
 /**
