@@ -4,7 +4,7 @@
  *
  *   deno run -A bench/cluster_bench.ts [--clients 1000] [--publishers 2] [--size 64]
  *                                      [--window 32] [--seconds 5] [--warmup 1] [--rate 10]
- *                                      [--repeat 3]
+ *                                      [--latency-seconds 10] [--repeat 3]
  *
  * Each scenario starts `examples/cluster_server.ts` processes (one without Redis, or two
  * sharing a redis-server started for the run), opens `--clients` connections split evenly
@@ -15,8 +15,10 @@
  * - **Throughput**: each publisher keeps `--window` messages in flight (sent and not yet
  *   received by every client) for `--seconds`, after `--warmup`; deliveries/s counts every
  *   client's receipts.
- * - **Latency**: each publisher sends `--rate` messages per second, a load far from
- *   saturation; p50/p99 of send → receive over every delivery. The difference between the
+ * - **Latency**: each publisher sends `--rate` messages per second for `--latency-seconds`,
+ *   a load far from saturation; p50/p99 of send → receive over every delivery. Each message
+ *   is one burst of deliveries, so the p99 rests on the slowest few messages: keep this phase
+ *   long. The difference between the
  *   scenarios is what the Redis hop adds. With two processes, latency is also split between
  *   the clients of the publisher's process and those of the other one.
  *
@@ -51,6 +53,7 @@ const { values } = parseArgs({
     seconds: { type: "string", default: "5" },
     warmup: { type: "string", default: "1" },
     rate: { type: "string", default: "10" },
+    "latency-seconds": { type: "string", default: "10" },
     repeat: { type: "string", default: "3" },
   },
 });
@@ -71,6 +74,7 @@ const WINDOW = option("window", 1);
 const SECONDS = option("seconds", 0.1);
 const WARMUP = option("warmup", 0);
 const RATE = option("rate", 0.1);
+const LATENCY_SECONDS = option("latency-seconds", 0.1);
 const REPEAT = Math.round(option("repeat", 1));
 
 const SERVER_CPU = "0";
@@ -277,7 +281,10 @@ async function runScenario(
     publishers[publisher].send(payload).catch(() => {});
   }
 
-  async function phase(run: (stop: AbortSignal) => void): Promise<PhaseResult> {
+  async function phase(
+    seconds: number,
+    run: (stop: AbortSignal) => void,
+  ): Promise<PhaseResult> {
     const controller = new AbortController();
     run(controller.signal);
     await delay(WARMUP * 1000);
@@ -288,7 +295,7 @@ async function runScenario(
     const first = sequence.reduce((sum, count) => sum + count, 0);
     measuring = true;
     const start = performance.now();
-    await delay(SECONDS * 1000);
+    await delay(seconds * 1000);
     const elapsed = (performance.now() - start) / 1000;
     measuring = false;
     const counted = deliveries;
@@ -310,7 +317,7 @@ async function runScenario(
     };
   }
 
-  const throughput = await phase((stop) => {
+  const throughput = await phase(SECONDS, (stop) => {
     onComplete = (publisher) => {
       if (!stop.aborted) send(publisher);
     };
@@ -319,7 +326,7 @@ async function runScenario(
     }
   });
 
-  const latency = await phase((stop) => {
+  const latency = await phase(LATENCY_SECONDS, (stop) => {
     const interval = 1000 / RATE;
     publishers.forEach((_, publisher) => {
       // Publishers start evenly staggered within one interval.
