@@ -94,6 +94,64 @@ for (const [category, name] of CATEGORIES) {
   });
 }
 
+/** Starts examples/echo_server.ts as the suite's runs start it; resolves once it listens. */
+async function startExampleEchoServer(): Promise<{ port: number; stop(): Promise<void> }> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("../examples/echo_server.ts", import.meta.url).pathname,
+      "--port",
+      "0",
+      "--max-size",
+      String(MAX_SIZE),
+    ],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let output = "";
+  let port: number | undefined;
+  while (port === undefined) {
+    const { value, done } = await lines.read();
+    if (done) break;
+    output += value;
+    const match = /listening on ws:\/\/[^\s]+:(\d+)/.exec(output);
+    if (match !== null) port = Number(match[1]);
+  }
+  const stop = async (): Promise<void> => {
+    try {
+      child.kill("SIGTERM");
+    } catch {
+      // already exited
+    }
+    await lines.cancel();
+    await child.status;
+  };
+  if (port === undefined) {
+    await stop();
+    throw new Error(`examples/echo_server.ts did not start: ${output}`);
+  }
+  return { port, stop };
+}
+
+Deno.test("conformance: examples/echo_server.ts --max-size 16777216 passes every category", async () => {
+  const server = await startExampleEchoServer();
+  try {
+    const notPassing: string[] = [];
+    for (const [category] of CATEGORIES) {
+      const cases = CASES[category];
+      notPassing.push(
+        ...failures(cases, await fuzzServer("127.0.0.1", server.port, cases, SETTINGS)),
+      );
+    }
+    assert.deepEqual(notPassing, []);
+  } finally {
+    await server.stop();
+  }
+});
+
 Deno.test("conformance: the UTF-8 vectors are graded as a strict decoder reads them", () => {
   const decoder = new TextDecoder("utf-8", { fatal: true });
   const disagreements = utf8Vectors().flatMap(([title, vectors]) =>
