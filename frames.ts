@@ -751,6 +751,12 @@ export class FrameReader {
 
     let buffer = this.#buffer;
     let position = this.#position;
+    if (position === buffer.length && this.#headerFilled === 0) {
+      // This chunk is used up: release it, and gather no header from nothing.
+      if (!this.#advance()) return undefined;
+      buffer = this.#buffer;
+      position = this.#position;
+    }
     const available = buffer.length - position;
     let header = buffer;
     let at = position;
