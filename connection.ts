@@ -194,8 +194,14 @@ export function isBytes(value: unknown): value is BinaryData {
 interface Waiter<T> {
   resolve(value: T): void;
   reject(error: unknown): void;
-  // Called instead of reject() on a normal closure, when given: iteration ends without an error.
-  end?: () => void;
+}
+
+// A recv() waiting for a message, or an iteration (`iterating`): resolved with an
+// IteratorResult, and ended without an error on a normal closure.
+interface RecvWaiter {
+  iterating: boolean;
+  resolve(value: Message | IteratorResult<Message>): void;
+  reject(error: unknown): void;
 }
 
 /**
@@ -248,8 +254,8 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
   #messages: Message[] | undefined;
   #messagesHead = 0;
   // The oldest recv() waiting, then the others (several wait only when recv() runs concurrently).
-  #recvWaiter: Waiter<Message> | undefined;
-  #recvWaiters: Waiter<Message>[] | undefined;
+  #recvWaiter: RecvWaiter | undefined;
+  #recvWaiters: RecvWaiter[] | undefined;
   #queueSpaceWaiter: (() => void) | undefined;
   #closedError: ConnectionClosed | undefined;
   #closedResolve!: (result: CloseResult) => void;
@@ -338,7 +344,7 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
     const waiter = this.#recvWaiter;
     if (waiter !== undefined) {
       this.#recvWaiter = this.#recvWaiters?.shift();
-      waiter.resolve(message);
+      waiter.resolve(waiter.iterating ? { value: message, done: false } : message);
       return;
     }
     (this.#messages ??= []).push(message);
@@ -394,7 +400,12 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
     const signal = options?.signal;
     if (signal?.aborted) return Promise.reject(signal.reason);
     return new Promise<Message>((resolve, reject) => {
-      const waiter: Waiter<Message> = { resolve, reject };
+      // Resolved with messages only: `iterating` is false.
+      const waiter: RecvWaiter = {
+        iterating: false,
+        resolve: resolve as RecvWaiter["resolve"],
+        reject,
+      };
       if (signal !== undefined) {
         const onAbort = () => {
           if (this.#recvWaiter === waiter) {
@@ -408,7 +419,7 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
         signal.addEventListener("abort", onAbort, { once: true });
         waiter.resolve = (message) => {
           signal.removeEventListener("abort", onAbort);
-          resolve(message);
+          resolve(message as Message);
         };
         waiter.reject = (error) => {
           signal.removeEventListener("abort", onAbort);
@@ -437,10 +448,10 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
         }
         // A normal closure ends the iteration without building the close error.
         return new Promise<IteratorResult<Message>>((resolve, reject) => {
-          const waiter: Waiter<Message> = {
-            resolve: (value) => resolve({ value, done: false }),
+          const waiter: RecvWaiter = {
+            iterating: true,
+            resolve: resolve as RecvWaiter["resolve"],
             reject,
-            end: () => resolve({ value: undefined, done: true }),
           };
           if (this.#recvWaiter === undefined) this.#recvWaiter = waiter;
           else (this.#recvWaiters ??= []).push(waiter);
@@ -506,8 +517,8 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
     this.#closedResolve(result);
   }
 
-  #endWaiter(waiter: Waiter<Message>): void {
-    if (waiter.end !== undefined && this.closedOK) waiter.end();
+  #endWaiter(waiter: RecvWaiter): void {
+    if (waiter.iterating && this.closedOK) waiter.resolve({ value: undefined, done: true });
     else waiter.reject(this.closedError);
   }
 

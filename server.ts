@@ -211,6 +211,9 @@ async function toResponse(answer: Response | globalThis.Response): Promise<Respo
   );
 }
 
+// Thrown by a server's handshake step when the handshake didn't succeed (nothing to report).
+const HANDSHAKE_FAILED = Symbol("handshake failed");
+
 /**
  * Starts a WebSocket server and returns once it is listening: every
  * connection's opening handshake is checked (origins, subprotocols,
@@ -242,7 +245,16 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
     listener = Deno.listen({ hostname: options.hostname ?? "0.0.0.0", port: options.port ?? 0 });
   }
   const connections = new Set<ServerConnection>();
-  const pending = new Set<Promise<void>>();
+  // Connections whose handshake or handler hasn't finished, counted rather than
+  // tracked one promise each; close() waits for the count to reach zero.
+  let active = 0;
+  let idleResolve: (() => void) | undefined;
+  function taskDone(): void {
+    if (--active === 0 && idleResolve !== undefined) {
+      idleResolve();
+      idleResolve = undefined;
+    }
+  }
   const logger = options.logger;
   const extensions = options.extensions ??
     (options.compression === null ? [] : defaultServerExtensions());
@@ -336,7 +348,21 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
     logger,
   };
 
+  // Never rejects; calls taskDone() once the handshake failed or the handler finished.
   async function handle(conn: Deno.Conn): Promise<void> {
+    let connection: ServerConnection;
+    try {
+      connection = await handshake(conn);
+    } catch (error) {
+      if (error !== HANDSHAKE_FAILED) unexpectedError(error);
+      taskDone();
+      return;
+    }
+    // The handler runs in a function of its own, so that nothing of the handshake stays referenced.
+    runHandler(connection);
+  }
+
+  async function handshake(conn: Deno.Conn): Promise<ServerConnection> {
     if ((conn as Deno.TcpConn).setNoDelay !== undefined && options.unix === undefined) {
       try {
         (conn as Deno.TcpConn).setNoDelay(true);
@@ -358,30 +384,36 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
     try {
       await connection.handshake;
     } catch {
-      return; // answered with an HTTP error, timed out, or the peer left; the connection ends by itself
+      // Answered with an HTTP error, timed out, or the peer left; the connection ends by itself.
+      throw HANDSHAKE_FAILED;
     } finally {
       clearTimeout(timer);
       handshaking--;
       inHandshake.delete(connection);
     }
-    // The handler runs in a function of its own, so that nothing of the handshake stays referenced.
-    return runHandler(connection);
+    return connection;
   }
 
+  // Never rejects; calls taskDone() once the handler finished.
   async function runHandler(connection: ServerConnection): Promise<void> {
     connections.add(connection);
     try {
       await handler(connection);
       await connection.close();
     } catch (error) {
-      if (connection.state === State.OPEN || connection.state === State.CONNECTING) {
-        logger?.error(`connection ${connection.id}: error in connection handler`, error);
-        await connection.close(1011, "internal error");
-      } else if (!(error instanceof Error && error.name.startsWith("ConnectionClosed"))) {
-        logger?.error(`connection ${connection.id}: error in connection handler`, error);
+      try {
+        if (connection.state === State.OPEN || connection.state === State.CONNECTING) {
+          logger?.error(`connection ${connection.id}: error in connection handler`, error);
+          await connection.close(1011, "internal error");
+        } else if (!(error instanceof Error && error.name.startsWith("ConnectionClosed"))) {
+          logger?.error(`connection ${connection.id}: error in connection handler`, error);
+        }
+      } catch (closeError) {
+        unexpectedError(closeError);
       }
     } finally {
       connections.delete(connection);
+      taskDone();
     }
   }
 
@@ -404,9 +436,8 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
         await new Promise((resolve) => setTimeout(resolve, 50));
         continue;
       }
-      const task = handle(conn).catch(unexpectedError);
-      pending.add(task);
-      task.finally(() => pending.delete(task));
+      active++;
+      handle(conn);
     }
   }
 
@@ -435,7 +466,7 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
     // Handshakes in progress end within openTimeout; bound the wait by closeTimeout too.
     let timer: ReturnType<typeof setTimeout> | undefined;
     await Promise.race([
-      Promise.all([...pending]),
+      active === 0 ? undefined : new Promise<void>((resolve) => (idleResolve = resolve)),
       new Promise((resolve) => (timer = setTimeout(resolve, closeTimeout))),
     ]);
     clearTimeout(timer);
