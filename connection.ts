@@ -889,6 +889,14 @@ export interface StreamConnectionOptions extends ConnectionOptions {
    * opening handshake, while reading is paused.
    */
   onHandshake?: (event: ProtocolEvent, connection: StreamConnection) => void | Promise<void>;
+  /**
+   * Whether the transport delivers what was written to it even when it is
+   * closed right after the write, as a TCP or Unix socket does. A server then
+   * closes it as soon as the client's close frame came and its own was
+   * written, rather than half-closing and waiting for the client to close.
+   * Default `false`.
+   */
+  closeAtOnce?: boolean;
 }
 
 // The read buffer grows while reads fill it and starts small, so an idle
@@ -926,6 +934,7 @@ export class StreamConnection extends Connection {
   /** The byte transport. */
   readonly transport: Transport;
   readonly #onHandshake: StreamConnectionOptions["onHandshake"];
+  readonly #closeAtOnce: boolean;
   #writing = false;
   #flushScheduled = false;
   #flushWaits = 0;
@@ -950,6 +959,7 @@ export class StreamConnection extends Connection {
     this.protocol = protocol;
     this.transport = transport;
     this.#onHandshake = options.onHandshake;
+    this.#closeAtOnce = options.closeAtOnce ?? false;
     this.handshake = new Promise((resolve, reject) => {
       this.#handshakeResolve = resolve;
       this.#handshakeReject = reject;
@@ -1185,8 +1195,12 @@ export class StreamConnection extends Connection {
     const protocol = this.protocol;
     // Nothing more is to be read once the end of the stream came, nor on a server once the
     // client's close frame came (a client sends nothing after it, RFC 6455 §5.5.1): close
-    // at once, rather than half-close and wait for the client's end of stream.
-    if (protocol.eofReceived || (!protocol.isClient && protocol.closeRcvd !== undefined)) {
+    // at once, rather than half-close and wait for the client's end of stream, when the
+    // transport delivers what was written before the close.
+    if (
+      protocol.eofReceived ||
+      (this.#closeAtOnce && !protocol.isClient && protocol.closeRcvd !== undefined)
+    ) {
       this.#abort();
       return;
     }

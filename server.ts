@@ -334,7 +334,12 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
     }
   }
 
-  const connectionOptions: StreamConnectionOptions = { ...options, onHandshake };
+  const connectionOptions: StreamConnectionOptions = {
+    ...options,
+    onHandshake,
+    // A TLS connection closes with a close_notify that a half-close sends: keep that.
+    closeAtOnce: options.tls === undefined,
+  };
   const protocolOptions = {
     origins: options.origins,
     extensions,
