@@ -34,3 +34,4 @@ export * from "./client.ts";
 export * from "./server.ts";
 export * from "./broadcast.ts";
 export * from "./deploy.ts";
+export * from "./pubsub.ts";

@@ -3,8 +3,13 @@
  * Text and bytes as Binary, on every path.
  *
  * ```sh
- * deno run -A examples/echo_server.ts --port 9001 [--hostname 127.0.0.1] [--max-size BYTES] [--no-compression]
+ * deno run -A examples/echo_server.ts --port 9001 [--hostname 127.0.0.1] [--max-size BYTES] [--no-compression] [--ping-interval MS]
  * ```
+ *
+ * It is the server we run conformance suites against, so its defaults
+ * differ from `serve()`'s: messages up to 16 MiB (`--max-size`, the largest
+ * the Autobahn|Testsuite sends) and no keepalive pings (`--ping-interval`,
+ * 0 = off), since a test peer may count an unexpected ping against us.
  *
  * Prints `listening on ws://HOST:PORT` once ready (`--port 0` picks a free
  * port) and closes every connection with 1001 (going away) on SIGINT or
@@ -17,13 +22,14 @@ import { parseArgs } from "node:util";
 import { serve } from "../server.ts";
 
 const USAGE = "usage: echo_server.ts [--port 9001] [--hostname 127.0.0.1] " +
-  "[--max-size BYTES] [--no-compression]";
+  "[--max-size BYTES (default 16777216)] [--no-compression] [--ping-interval MS (default 0: off)]";
 
 let values: {
   port: string;
   hostname: string;
   "max-size"?: string;
   "no-compression"?: boolean;
+  "ping-interval"?: string;
   help?: boolean;
 };
 try {
@@ -34,6 +40,7 @@ try {
       hostname: { type: "string", short: "H", default: "127.0.0.1" },
       "max-size": { type: "string" },
       "no-compression": { type: "boolean" },
+      "ping-interval": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   }));
@@ -50,7 +57,7 @@ if (!Number.isInteger(port) || port < 0 || port > 65535) {
   console.error(`invalid --port ${values.port}: expected an integer from 0 to 65535\n${USAGE}`);
   Deno.exit(2);
 }
-let maxSize: number | undefined;
+let maxSize = 16 * 1024 * 1024;
 if (values["max-size"] !== undefined) {
   maxSize = Number(values["max-size"]);
   if (!Number.isSafeInteger(maxSize) || maxSize < 0) {
@@ -60,6 +67,17 @@ if (values["max-size"] !== undefined) {
     Deno.exit(2);
   }
 }
+let pingInterval: number | null = null;
+if (values["ping-interval"] !== undefined) {
+  const interval = Number(values["ping-interval"]);
+  if (!Number.isSafeInteger(interval) || interval < 0) {
+    console.error(
+      `invalid --ping-interval ${values["ping-interval"]}: expected milliseconds\n${USAGE}`,
+    );
+    Deno.exit(2);
+  }
+  pingInterval = interval === 0 ? null : interval;
+}
 const hostname = values.hostname;
 
 const server = serve(async (ws) => {
@@ -68,6 +86,7 @@ const server = serve(async (ws) => {
   hostname,
   port,
   maxSize,
+  pingInterval,
   compression: values["no-compression"] ? null : "deflate",
 });
 
