@@ -18,6 +18,7 @@
 import {
   type ConnectionOptions,
   DEFAULTS,
+  PRODUCT,
   StreamConnection,
   type Transport,
 } from "./connection.ts";
@@ -36,9 +37,7 @@ import { ClientProtocol } from "./protocol.ts";
 import { parseUri, type WebSocketURI } from "./uri.ts";
 
 /** The `User-Agent` header sent by default. */
-export const USER_AGENT: string = `Deno/${
-  typeof Deno !== "undefined" ? Deno.version.deno : "unknown"
-} @denows/websockets/0.1.0`;
+export const USER_AGENT: string = PRODUCT;
 
 /** Options of the reconnection loop of {@linkcode connect}. */
 export interface BackoffOptions {

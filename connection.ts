@@ -150,6 +150,20 @@ export const DEFAULTS: {
   writeLimit: 32 * 1024,
 };
 
+/**
+ * How this library names itself in `User-Agent` (client) and `Server`
+ * (server) headers by default: the runtime and the library's version.
+ *
+ * @example
+ * ```ts
+ * import { PRODUCT } from "@denows/websockets";
+ * console.log(PRODUCT.endsWith("@denows/websockets/0.1.0")); // true
+ * ```
+ */
+export const PRODUCT: string = `Deno/${
+  typeof Deno !== "undefined" ? Deno.version.deno : "unknown"
+} @denows/websockets/0.1.0`;
+
 let nextId = 1;
 
 /**

@@ -297,6 +297,25 @@ export class Frame {
 }
 
 /**
+ * Serializes only the header of an unmasked frame (the server side): for
+ * sending a large payload as a separate chunk, without copying it.
+ *
+ * @example
+ * ```ts
+ * import { Frame, Opcode, serializeHeader } from "@denows/websockets/frames";
+ * const frame = new Frame(Opcode.BINARY, new Uint8Array(70_000));
+ * console.log(serializeHeader(frame)); // Uint8Array(10) [ 130, 127, 0, 0, 0, 0, 0, 1, 17, 112 ]
+ * ```
+ */
+export function serializeHeader(frame: Frame): Uint8Array {
+  frame.check();
+  const length = frame.data.length;
+  const out = new Uint8Array(frameHeaderLength(length, false));
+  writeHeader(out, 0, frame, length, false);
+  return out;
+}
+
+/**
  * Writes the header of `frame` for a payload of `length` bytes at `offset`
  * and returns the header length. The masking key, when `mask` is true, is the
  * caller's to write in the last four header bytes.

@@ -53,7 +53,7 @@ import type {
   Extension,
   ServerExtensionFactory,
 } from "./extensions.ts";
-import { Close, CloseCode, Frame, frameHeaderLength, FrameReader, Opcode } from "./frames.ts";
+import { Close, CloseCode, Frame, FrameReader, Opcode, serializeHeader } from "./frames.ts";
 import {
   buildAuthorizationBasic,
   buildExtension,
@@ -681,12 +681,7 @@ export abstract class Protocol {
       } else {
         // Large frames: header and payload as two chunks, so the payload isn't
         // copied here; the connection copies a tick's chunks once into one write.
-        frame.check();
-        const out = new Uint8Array(frameHeaderLength(length, false));
-        out[0] = (frame.fin ? 0x80 : 0) | (frame.rsv1 ? 0x40 : 0) | (frame.rsv2 ? 0x20 : 0) |
-          (frame.rsv3 ? 0x10 : 0) | frame.opcode;
-        writeLength(out, length);
-        this.pushOutput(out);
+        this.pushOutput(serializeHeader(frame));
         this.pushOutput(frame.data);
       }
     }
@@ -728,28 +723,6 @@ function httpDate(): string {
     dateText = new Date(now).toUTCString();
   }
   return dateText;
-}
-
-function writeLength(out: Uint8Array, length: number): void {
-  if (length < 126) {
-    out[1] = length;
-  } else if (length < 65536) {
-    out[1] = 126;
-    out[2] = length >>> 8;
-    out[3] = length & 0xff;
-  } else {
-    out[1] = 127;
-    const high = Math.floor(length / 0x100000000);
-    const low = length >>> 0;
-    out[2] = high >>> 24;
-    out[3] = (high >>> 16) & 0xff;
-    out[4] = (high >>> 8) & 0xff;
-    out[5] = high & 0xff;
-    out[6] = low >>> 24;
-    out[7] = (low >>> 16) & 0xff;
-    out[8] = (low >>> 8) & 0xff;
-    out[9] = low & 0xff;
-  }
 }
 
 function isOkCode(code: number): boolean {

@@ -19,6 +19,7 @@
 import {
   type ConnectionOptions,
   DEFAULTS,
+  PRODUCT,
   StreamConnection,
   type StreamConnectionOptions,
 } from "./connection.ts";
@@ -36,9 +37,7 @@ import {
 } from "./protocol.ts";
 
 /** The `Server` header sent by default. */
-export const SERVER_HEADER: string = `Deno/${
-  typeof Deno !== "undefined" ? Deno.version.deno : "unknown"
-} @denows/websockets/0.1.0`;
+export const SERVER_HEADER: string = PRODUCT;
 
 /**
  * What `processRequest` may return: our `Response`, a WHATWG `Response`
