@@ -955,6 +955,8 @@ export class StreamConnection extends Connection {
   #flushQueued = 0;
   #flushOutput = 0;
   #inflight = 0;
+  #writeData: Uint8Array | undefined;
+  #writeEof = false;
   #drainWaiters: Waiter<void>[] | undefined;
   #transportClosed = false;
   #readSize = MIN_READ;
@@ -1119,7 +1121,23 @@ export class StreamConnection extends Connection {
     this.#flushScheduled = true;
     this.#flushWaits = 0;
     this.#flushQueued = -1;
-    queueMicrotask(() => this.#flushWhenIdle());
+    StreamConnection.#checkSoon(this);
+  }
+
+  // The connections whose pending write waits for the application, checked in one microtask
+  // (not a microtask and a closure each: a broadcast schedules a write on every connection).
+  static #toCheck: StreamConnection[] = [];
+
+  static #checkSoon(connection: StreamConnection): void {
+    const toCheck = StreamConnection.#toCheck;
+    toCheck.push(connection);
+    if (toCheck.length === 1) queueMicrotask(StreamConnection.#checkAll);
+  }
+
+  static #checkAll(): void {
+    const toCheck = StreamConnection.#toCheck;
+    StreamConnection.#toCheck = [];
+    for (let i = 0; i < toCheck.length; i++) toCheck[i].#flushWhenIdle();
   }
 
   #flushWhenIdle(): void {
@@ -1132,16 +1150,23 @@ export class StreamConnection extends Connection {
       this.#flushQueued = queued;
       this.#flushOutput = output;
       this.#flushWaits++;
-      queueMicrotask(() => this.#flushWhenIdle());
+      StreamConnection.#checkSoon(this);
       return;
     }
     this.#flushScheduled = false;
     this.#flush();
   }
 
-  async #flush(): Promise<void> {
+  #flush(): void {
     if (this.#writing) return;
     this.#writing = true;
+    this.#writeMore();
+  }
+
+  // Takes what the protocol produced and starts writing it, one write at a time. No async
+  // function per write: the write's settlement handlers are created once per connection.
+  // `#writing` stays set until everything is written (or the transport is closing).
+  #writeMore(): void {
     try {
       while (!this.#transportClosed) {
         const chunks = this.protocol.dataToSend();
@@ -1156,45 +1181,64 @@ export class StreamConnection extends Connection {
           }
           length += chunks[count].length;
         }
+        this.#writeEof = eof;
         if (length !== 0) {
-          let data: Uint8Array;
-          if (count === 1) {
-            data = chunks[0];
-          } else {
-            data = new Uint8Array(length);
-            let offset = 0;
-            for (let i = 0; i < count; i++) {
-              data.set(chunks[i], offset);
-              offset += chunks[i].length;
-            }
-          }
           this.#inflight = length;
-          await this.#writeAll(data);
-          this.#inflight = 0;
+          this.#write(count === 1 ? chunks[0] : concatChunks(chunks, count, length));
+          return;
         }
         this.#notifyDrain();
         if (eof) {
-          await this.#endOutput();
-          break;
+          this.#endOutput().then(this.#ended, this.#writeFailed);
+          return;
         }
       }
     } catch (error) {
-      this.logger?.debug(`connection ${this.id}: write failed: ${error}`);
-      this.#inflight = 0;
-      this.#abort();
-    } finally {
-      this.#writing = false;
+      this.#writeFailed(error);
+      return;
     }
-    // Frames queued during the last write and after the loop ended.
-    if (!this.#transportClosed && this.protocol.outputLength !== 0) this.flushSoon();
+    this.#ended();
   }
 
-  async #writeAll(data: Uint8Array): Promise<void> {
-    let offset = 0;
-    while (offset < data.length) {
-      offset += await this.transport.write(offset === 0 ? data : data.subarray(offset));
-    }
+  #write(data: Uint8Array): void {
+    this.#writeData = data;
+    this.transport.write(data).then(this.#written, this.#writeFailed);
   }
+
+  #written = (count: number): void => {
+    try {
+      const data = this.#writeData!;
+      if (count < data.length) {
+        this.#write(data.subarray(count));
+        return;
+      }
+      this.#writeData = undefined;
+      this.#inflight = 0;
+      this.#notifyDrain();
+      if (this.#writeEof) {
+        this.#endOutput().then(this.#ended, this.#writeFailed);
+        return;
+      }
+    } catch (error) {
+      this.#writeFailed(error);
+      return;
+    }
+    this.#writeMore();
+  };
+
+  #writeFailed = (error: unknown): void => {
+    this.logger?.debug(`connection ${this.id}: write failed: ${error}`);
+    this.#writeData = undefined;
+    this.#inflight = 0;
+    this.#abort();
+    this.#ended();
+  };
+
+  // Writing stopped: frames queued during the last write and after it get a new one.
+  #ended = (): void => {
+    this.#writing = false;
+    if (!this.#transportClosed && this.protocol.outputLength !== 0) this.flushSoon();
+  };
 
   #notifyDrain(): void {
     const waiters = this.#drainWaiters;
@@ -1468,6 +1512,35 @@ export class StreamConnection extends Connection {
 function isOkCode(code: number): boolean {
   return code === CloseCode.NORMAL_CLOSURE || code === CloseCode.GOING_AWAY ||
     code === CloseCode.NO_STATUS_RCVD;
+}
+
+// Small writes that join several chunks are copied into views of a shared slab, so that they
+// don't cost an ArrayBuffer each. A view's bytes are never written again (the slab is never
+// reused), so a write in flight keeps its bytes.
+const SLAB_SIZE = 16384;
+const SLAB_MAX = 1024;
+let slab = new Uint8Array(SLAB_SIZE);
+let slabUsed = 0;
+
+function concatChunks(chunks: Uint8Array[], count: number, length: number): Uint8Array {
+  let data: Uint8Array;
+  if (length > SLAB_MAX) {
+    data = new Uint8Array(length);
+  } else {
+    // (A slab whose buffer a transport transferred away has length 0: replaced too.)
+    if (slabUsed + length > slab.length) {
+      slab = new Uint8Array(SLAB_SIZE);
+      slabUsed = 0;
+    }
+    data = slab.subarray(slabUsed, slabUsed + length);
+    slabUsed += length;
+  }
+  let offset = 0;
+  for (let i = 0; i < count; i++) {
+    data.set(chunks[i], offset);
+    offset += chunks[i].length;
+  }
+  return data;
 }
 
 /**
