@@ -945,6 +945,8 @@ const MAX_FLUSH_WAITS = 64;
 export class StreamConnection extends Connection {
   /** The sans-I/O state machine this connection runs. */
   readonly protocol: Protocol;
+  // How broadcasts are encoded for this connection: see sharedEncodingKey().
+  #sharedKey: string | null | undefined;
   /** The byte transport. */
   readonly transport: Transport;
   readonly #onHandshake: StreamConnectionOptions["onHandshake"];
@@ -1079,7 +1081,10 @@ export class StreamConnection extends Connection {
       if (frames.text) protocol.sendText(frames.data);
       else protocol.sendBinary(frames.data);
     } else {
-      protocol.sendSerialized(encodeShared(frames, protocol.extensions));
+      // The extensions are fixed once open: work out once whether and how this
+      // connection can share an encoding, not on every broadcast.
+      if (this.#sharedKey === undefined) this.#sharedKey = sharedEncodingKey(protocol.extensions);
+      protocol.sendSerialized(encodeShared(frames, protocol.extensions, this.#sharedKey));
     }
     this.flushSoon();
     return true;
@@ -1547,15 +1552,27 @@ function concatChunks(chunks: Uint8Array[], count: number, length: number): Uint
  * The bytes of a shared message for connections with these extensions:
  * encoded once per encoding key, and serialized without a mask.
  */
-function encodeShared(frames: SharedFrames, extensions: readonly Extension[]): Uint8Array {
+/**
+ * The key under which connections with these extensions share one encoding
+ * of a message, or `null` when an extension carries state between messages
+ * (e.g. a compression context) and each message must be encoded for this
+ * connection alone.
+ */
+function sharedEncodingKey(extensions: readonly Extension[]): string | null {
   let key = "";
   for (const extension of extensions) {
-    if (extension.encodeKey === undefined) {
-      // State carried between messages (e.g. a compression context): encode for this connection alone.
-      return serializeShared(frames, extensions);
-    }
+    if (extension.encodeKey === undefined) return null;
     key += extension.encodeKey + "\n";
   }
+  return key;
+}
+
+function encodeShared(
+  frames: SharedFrames,
+  extensions: readonly Extension[],
+  key: string | null,
+): Uint8Array {
+  if (key === null) return serializeShared(frames, extensions);
   let bytes = frames.cache.get(key);
   if (bytes === undefined) {
     bytes = serializeShared(frames, extensions);
