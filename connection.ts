@@ -836,12 +836,24 @@ export interface SharedFrames {
 export interface Transport {
   /** Reads into `buffer`; resolves to the number of bytes read, or `null` at the end of the stream. */
   read(buffer: Uint8Array): Promise<number | null>;
+  /**
+   * Optional: resolves with the next chunk the transport received, which the
+   * caller then owns, or `null` at the end of the stream. When present it is
+   * used instead of `read()`, for transports that receive into buffers of
+   * their own (no copy).
+   */
+  readChunk?(): Promise<Uint8Array | null>;
   /** Writes some of `data`; resolves to the number of bytes written. */
   write(data: Uint8Array): Promise<number>;
   /** Half-closes: no more writes, reads go on. */
   closeWrite?(): Promise<void>;
   /** Closes both directions and releases the transport. */
   close(): void;
+  /**
+   * Optional: bytes that `write()` accepted and the operating system hasn't
+   * taken yet (counted in the connection's `bufferedAmount`).
+   */
+  readonly bufferedAmount?: number;
   /** Local address, if any. */
   readonly localAddr?: Deno.Addr;
   /** Remote address, if any. */
@@ -1006,7 +1018,8 @@ export class StreamConnection extends Connection {
   }
   /** Bytes queued for sending and not yet written to the transport. */
   get bufferedAmount(): number {
-    return this.protocol.outputLength + this.#inflight;
+    // A transport that counts what it holds counts the write in flight too.
+    return this.protocol.outputLength + (this.transport.bufferedAmount ?? this.#inflight);
   }
   /** The subprotocol negotiated during the handshake, if any. */
   get subprotocol(): string | undefined {
@@ -1328,9 +1341,13 @@ export class StreamConnection extends Connection {
         let chunk: Uint8Array | null;
         try {
           // (Not an async helper: one suspended function per idle connection is enough.)
-          const slab = this.#readBuffer();
-          const count = await this.transport.read(slab);
-          chunk = count === null ? null : this.#readDone(slab, count);
+          if (this.transport.readChunk !== undefined) {
+            chunk = await this.transport.readChunk();
+          } else {
+            const slab = this.#readBuffer();
+            const count = await this.transport.read(slab);
+            chunk = count === null ? null : this.#readDone(slab, count);
+          }
         } catch (readError) {
           if (this.#transportClosed) break;
           this.logger?.debug(`connection ${this.id}: read failed: ${readError}`);

@@ -22,7 +22,9 @@ import {
   PRODUCT,
   StreamConnection,
   type StreamConnectionOptions,
+  type Transport,
 } from "./connection.ts";
+import { listenTcp, type TcpListener } from "./_node_net.ts";
 import { HandshakeTimeout, InvalidHandshake } from "./errors.ts";
 import type { ServerExtensionFactory } from "./extensions.ts";
 import { Headers, parseAuthorizationBasic } from "./headers.ts";
@@ -108,6 +110,15 @@ export interface ServeOptions extends ConnectionOptions {
   unix?: string;
   /** Serve `wss:` with this certificate and key. */
   tls?: TlsOptions;
+  /**
+   * The runtime API that serves plain TCP: `"node:net"` (default) or
+   * `"Deno.listen"`. Both run the same protocol code; they differ in speed
+   * and memory (see the README's performance section). `"node:net"` is used
+   * only for an IP address (`hostname`) and where the runtime provides what
+   * it needs, otherwise `Deno.listen` is. TLS and Unix sockets always use
+   * `Deno.listenTls` / `Deno.listen`.
+   */
+  tcp?: "node:net" | "Deno.listen";
   /** Accepted `Origin` values; default: any. `undefined` in the list accepts requests without `Origin`. */
   origins?: OriginPattern[];
   /** Subprotocols supported; the first one the client offered is chosen. */
@@ -230,7 +241,13 @@ const HANDSHAKE_FAILED = Symbol("handshake failed");
  * ```
  */
 export function serve(handler: Handler, options: ServeOptions = {}): Server {
-  let listener: Deno.Listener;
+  // Plain TCP on an IP address goes through node:net where the runtime allows (see
+  // _node_net.ts for why); TLS, Unix sockets and host names through Deno.listen.
+  if (options.tcp !== undefined && options.tcp !== "node:net" && options.tcp !== "Deno.listen") {
+    throw new TypeError(`tcp must be "node:net" or "Deno.listen", got ${String(options.tcp)}`);
+  }
+  let listener: Deno.Listener | undefined;
+  let tcpListener: TcpListener | undefined;
   if (options.unix !== undefined) {
     listener = Deno.listen({ transport: "unix", path: options.unix });
   } else if (options.tls !== undefined) {
@@ -241,7 +258,19 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
       key: options.tls.key,
     });
   } else {
-    listener = Deno.listen({ hostname: options.hostname ?? "0.0.0.0", port: options.port ?? 0 });
+    const hostname = options.hostname ?? "0.0.0.0";
+    const port = options.port ?? 0;
+    if (options.tcp !== "Deno.listen") {
+      tcpListener = listenTcp(hostname, port, (transport) => {
+        if (closing) {
+          transport.close();
+          return;
+        }
+        active++;
+        handle(transport);
+      }, (error) => logger?.warn(`accept failed: ${error}`));
+    }
+    if (tcpListener === undefined) listener = Deno.listen({ hostname, port });
   }
   const connections = new Set<ServerConnection>();
   // Connections whose handshake or handler hasn't finished, counted rather than
@@ -353,7 +382,7 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
   };
 
   // Never rejects; calls taskDone() once the handshake failed or the handler finished.
-  async function handle(conn: Deno.Conn): Promise<void> {
+  async function handle(conn: Transport): Promise<void> {
     let connection: ServerConnection;
     try {
       connection = await handshake(conn);
@@ -366,7 +395,7 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
     runHandler(connection);
   }
 
-  async function handshake(conn: Deno.Conn): Promise<ServerConnection> {
+  async function handshake(conn: Transport): Promise<ServerConnection> {
     if ((conn as Deno.TcpConn).setNoDelay !== undefined && options.unix === undefined) {
       try {
         (conn as Deno.TcpConn).setNoDelay(true);
@@ -426,6 +455,7 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
   }
 
   async function acceptLoop(): Promise<void> {
+    if (listener === undefined) return;
     while (true) {
       let conn: Deno.Conn;
       try {
@@ -453,7 +483,8 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
   async function close(): Promise<void> {
     closing = true;
     try {
-      listener.close();
+      listener?.close();
+      tcpListener?.close();
     } catch {
       // already closed
     }
@@ -487,7 +518,7 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
     closePromise ??= close();
   }, { once: true });
 
-  const addr = listener.addr;
+  const addr = listener?.addr ?? tcpListener!.addr;
   return {
     addr,
     port: addr.transport === "tcp" || addr.transport === "udp" ? addr.port : 0,

@@ -120,6 +120,8 @@ interface Server {
   command(port: number, deflate: boolean): string[];
   /** Why the server cannot run here, or undefined when it can. */
   unavailable(): Promise<string | undefined>;
+  /** Only run with `--full` (or when named in `--servers`). */
+  fullOnly?: boolean;
 }
 
 function exists(path: string): boolean {
@@ -200,6 +202,22 @@ const SERVERS: Server[] = [
       "-A",
       `${BENCH_DIR}/servers/ours.ts`,
       ...["--port", `${port}`, ...deflateFlag(deflate)],
+    ],
+    unavailable: () =>
+      Promise.resolve(
+        exists(`${BENCH_DIR}/servers/ours.ts`) ? undefined : "bench/servers/ours.ts does not exist",
+      ),
+  },
+  {
+    name: "ours_deno",
+    title: "@denows/websockets (Deno.listen)",
+    fullOnly: true,
+    command: (port, deflate) => [
+      Deno.execPath(),
+      "run",
+      "-A",
+      `${BENCH_DIR}/servers/ours.ts`,
+      ...["--port", `${port}`, "--tcp", "Deno.listen", ...deflateFlag(deflate)],
     ],
     unavailable: () =>
       Promise.resolve(
@@ -801,7 +819,8 @@ function select(options: Options): Scenario[] {
 async function main(): Promise<void> {
   const options = parseOptions(Deno.args);
   const selected = select(options);
-  const names = options.servers ?? SERVERS.map((s) => s.name);
+  const names = options.servers ??
+    SERVERS.filter((s) => options.full || !s.fullOnly).map((s) => s.name);
   const unknown = names.filter((n) => !SERVERS.some((s) => s.name === n));
   if (unknown.length) {
     const known = SERVERS.map((s) => s.name).join(", ");

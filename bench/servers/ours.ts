@@ -1,7 +1,7 @@
 /**
  * Benchmark server: this library (`serve()` + `broadcast()`).
  *
- *   deno run -A bench/servers/ours.ts --port 9001 [--deflate]
+ *   deno run -A bench/servers/ours.ts --port 9001 [--deflate] [--tcp Deno.listen]
  *
  * `/echo` sends every message back as received; `/broadcast` sends every message any client
  * sends to every client connected on that path, with `broadcast()`. Compression is off unless
@@ -22,6 +22,12 @@ if (!Number.isInteger(port) || port < 1 || port > 65535) {
   );
 }
 const deflate = Deno.args.includes("--deflate");
+// `--tcp Deno.listen` serves through Deno.listen rather than node:net (the default).
+const tcpAt = Deno.args.indexOf("--tcp");
+const tcp = tcpAt >= 0 ? Deno.args[tcpAt + 1] : "node:net";
+if (tcp !== "node:net" && tcp !== "Deno.listen") {
+  throw new RangeError(`--tcp must be node:net or Deno.listen, got ${tcp}`);
+}
 
 const room = new Set<Connection>();
 
@@ -44,5 +50,6 @@ serve(async (ws) => {
   compression: deflate ? "deflate" : null,
   maxSize: 64 * 1024 * 1024,
   pingInterval: null,
+  tcp,
 });
 console.log(`listening on ws://127.0.0.1:${port}`);

@@ -1,0 +1,274 @@
+// serve()'s two TCP backends, `tcp: "node:net"` (the default) and `tcp: "Deno.listen"`, run
+// the same protocol code; these tests run the same behaviours over both, on real loopback
+// sockets: data both ways in any size, backpressure, a peer that doesn't read, aborts,
+// addresses, IPv6, fallbacks and listen errors.
+
+import assert from "node:assert/strict";
+import { connect } from "../client.ts";
+import { StreamConnection } from "../connection.ts";
+import { Opcode } from "../frames.ts";
+import { serve } from "../server.ts";
+import {
+  deferred,
+  echo,
+  handshakeRequest,
+  HOST,
+  randomBytes,
+  RawPeer,
+  serveLocal,
+  within,
+} from "./_helpers.ts";
+
+const BACKENDS = ["node:net", "Deno.listen"] as const;
+const OPTIONS = { compression: null, pingInterval: null } as const;
+
+// Which backend a server connection runs on: node:net sockets come with a byte count the
+// runtime still holds (`bufferedAmount`), Deno.Conn has none.
+function backendOf(connection: StreamConnection): string {
+  return "bufferedAmount" in connection.transport ? "node:net" : "Deno.listen";
+}
+
+for (const tcp of BACKENDS) {
+  Deno.test(`tcp ${tcp}: serves through the backend asked for`, async () => {
+    const seen = deferred<string>();
+    const { server, uri } = serveLocal((ws) => {
+      seen.resolve(backendOf(ws));
+    }, { ...OPTIONS, tcp });
+    try {
+      const client = await connect(uri, OPTIONS);
+      assert.equal(await within(seen.promise, 3000, "handler"), tcp);
+      await client.closed;
+    } finally {
+      await server.close();
+    }
+  });
+
+  Deno.test(`tcp ${tcp}: echoes text and binary messages of 0 B to 4 MiB, byte for byte`, async () => {
+    const { server, uri } = serveLocal(echo, { ...OPTIONS, tcp, maxSize: 8 * 1024 * 1024 });
+    const client = await connect(uri, { ...OPTIONS, maxSize: 8 * 1024 * 1024 });
+    try {
+      for (const size of [0, 1, 125, 126, 65535, 65536, 65550, 1024 * 1024 + 3, 4 * 1024 * 1024]) {
+        const bytes = randomBytes(size, size + 7);
+        await client.send(bytes);
+        assert.deepEqual(await within(client.recv(), 10_000, `echo of ${size} B`), bytes);
+      }
+      const text = "żółw 🐢 ".repeat(20_000);
+      await client.send(text);
+      assert.equal(await client.recv(), text);
+    } finally {
+      await client.close();
+      await server.close();
+    }
+  });
+
+  Deno.test(`tcp ${tcp}: 2 000 pipelined messages come back complete and in order`, async () => {
+    const { server, uri } = serveLocal(echo, { ...OPTIONS, tcp });
+    const client = await connect(uri, OPTIONS);
+    try {
+      const count = 2000;
+      for (let i = 0; i < count; i++) client.send(`message ${i} ${"x".repeat(i % 300)}`);
+      for (let i = 0; i < count; i++) {
+        assert.equal(
+          await within(client.recv(), 5000, `echo ${i}`),
+          `message ${i} ${"x".repeat(i % 300)}`,
+        );
+      }
+    } finally {
+      await client.close();
+      await server.close();
+    }
+  });
+
+  Deno.test(`tcp ${tcp}: a full message queue pauses reading and loses nothing`, async () => {
+    const go = deferred();
+    const received: string[] = [];
+    const done = deferred();
+    const { server, uri } = serveLocal(async (ws) => {
+      await go.promise; // read nothing until the client sent everything
+      for await (const message of ws) {
+        received.push(message as string);
+        if (received.length === 500) done.resolve();
+      }
+    }, { ...OPTIONS, tcp, maxQueue: 4 });
+    const client = await connect(uri, OPTIONS);
+    try {
+      const payload = "y".repeat(4000);
+      for (let i = 0; i < 500; i++) await client.send(`${i} ${payload}`);
+      go.resolve();
+      await within(done.promise, 10_000, "all 500 messages");
+      assert.deepEqual(received.map((m) => Number(m.split(" ")[0])), [...Array(500).keys()]);
+    } finally {
+      await client.close();
+      await server.close();
+    }
+  });
+
+  Deno.test(`tcp ${tcp}: a client that never reads is dropped within closeTimeout`, async () => {
+    const closed = deferred<number>();
+    const { server } = serveLocal(async (ws) => {
+      const chunk = randomBytes(256 * 1024);
+      while (ws.bufferedAmount < 4 * 1024 * 1024) ws.send(chunk).catch(() => {});
+      const started = performance.now();
+      ws.close(1000).catch(() => {});
+      await ws.closed;
+      closed.resolve(performance.now() - started);
+    }, { ...OPTIONS, tcp, closeTimeout: 300 });
+    const peer = await RawPeer.connect(server.port);
+    try {
+      await peer.write(handshakeRequest(server.port));
+      await peer.readHead(); // and nothing more
+      const elapsed = await within(closed.promise, 5000, "connection closed");
+      assert.ok(elapsed >= 250 && elapsed < 2000, `closed after ${elapsed} ms`);
+    } finally {
+      peer.close();
+      await server.close();
+    }
+  });
+
+  Deno.test(`tcp ${tcp}: a client that drops the socket mid-message ends the connection with 1006`, async () => {
+    const result = deferred<number>();
+    const { server } = serveLocal(async (ws) => {
+      try {
+        for await (const _ of ws) { /* nothing */ }
+      } finally {
+        result.resolve((await ws.closed).code);
+      }
+    }, { ...OPTIONS, tcp });
+    const peer = await RawPeer.connect(server.port);
+    await peer.write(handshakeRequest(server.port));
+    await peer.readHead();
+    // The start of a 1 MiB binary frame, then the socket goes away.
+    await peer.write(new Uint8Array([0x82, 0xff, 0, 0, 0, 0, 0, 0x10, 0, 0, 1, 2, 3, 4, 5, 6]));
+    peer.close();
+    try {
+      assert.equal(await within(result.promise, 3000, "closed"), 1006);
+      // The server goes on serving.
+      const client = await connect(`ws://${HOST}:${server.port}/`, OPTIONS);
+      await client.close();
+    } finally {
+      await server.close();
+    }
+  });
+
+  Deno.test(`tcp ${tcp}: localAddr and remoteAddr are the socket's two ends`, async () => {
+    const addrs = deferred<[Deno.Addr | undefined, Deno.Addr | undefined]>();
+    const { server, uri } = serveLocal((ws) => {
+      addrs.resolve([ws.localAddr, ws.remoteAddr]);
+    }, { ...OPTIONS, tcp });
+    try {
+      const client = await connect(uri, OPTIONS);
+      const [local, remote] = await within(addrs.promise, 3000, "addresses");
+      assert.deepEqual({ ...local }, { ...client.remoteAddr });
+      assert.deepEqual({ ...remote }, { ...client.localAddr });
+      await client.closed;
+    } finally {
+      await server.close();
+    }
+  });
+
+  Deno.test(`tcp ${tcp}: listens on [::1]`, async () => {
+    const server = serve(echo, { ...OPTIONS, tcp, hostname: "::1", port: 0 });
+    try {
+      assert.equal((server.addr as Deno.NetAddr).hostname, "::1");
+      const client = await connect(`ws://[::1]:${server.port}/`, OPTIONS);
+      await client.send("over IPv6");
+      assert.equal(await client.recv(), "over IPv6");
+      await client.close();
+    } finally {
+      await server.close();
+    }
+  });
+
+  Deno.test(`tcp ${tcp}: a port in use throws Deno.errors.AddrInUse`, async () => {
+    const { server } = serveLocal(echo, { ...OPTIONS, tcp });
+    try {
+      assert.throws(
+        () => serve(echo, { ...OPTIONS, tcp, hostname: HOST, port: server.port }),
+        Deno.errors.AddrInUse,
+      );
+    } finally {
+      await server.close();
+    }
+  });
+
+  Deno.test(`tcp ${tcp}: close() stops accepting at once`, async () => {
+    const { server } = serveLocal(echo, { ...OPTIONS, tcp });
+    await server.close();
+    await assert.rejects(
+      () => Deno.connect({ hostname: HOST, port: server.port }),
+      Deno.errors.ConnectionRefused,
+    );
+  });
+}
+
+Deno.test("tcp node:net: a host name is served through Deno.listen", async () => {
+  const seen = deferred<string>();
+  const server = serve((ws) => {
+    seen.resolve(backendOf(ws));
+  }, { ...OPTIONS, hostname: "localhost", port: 0 });
+  try {
+    const client = await connect(`ws://127.0.0.1:${server.port}/`, OPTIONS);
+    assert.equal(await within(seen.promise, 3000, "handler"), "Deno.listen");
+    await client.closed;
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("tcp node:net: bufferedAmount counts what the socket still holds for a client that doesn't read", async () => {
+  const buffered = deferred<number>();
+  const { server } = serveLocal(async (ws) => {
+    const chunk = randomBytes(1024 * 1024);
+    for (let i = 0; i < 8; i++) ws.send(chunk).catch(() => {});
+    // Let the writes reach the socket, which the kernel can't drain.
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    buffered.resolve(ws.bufferedAmount);
+    await ws.close();
+  }, { ...OPTIONS, closeTimeout: 200 });
+  const peer = await RawPeer.connect(server.port);
+  try {
+    await peer.write(handshakeRequest(server.port));
+    await peer.readHead();
+    const amount = await within(buffered.promise, 3000, "bufferedAmount");
+    // 8 MiB queued; the kernel's buffers hold a few MiB at most on loopback.
+    assert.ok(amount > 1024 * 1024 && amount <= 8 * (1024 * 1024 + 10), `bufferedAmount ${amount}`);
+  } finally {
+    peer.close();
+    await server.close();
+  }
+});
+
+Deno.test("tcp: an unknown tcp option value is a TypeError", () => {
+  assert.throws(
+    () => serve(echo, { tcp: "uv" as unknown as "node:net", hostname: HOST, port: 0 }),
+    TypeError,
+  );
+});
+
+Deno.test("tcp node:net: frames arriving a byte at a time are parsed", async () => {
+  const { server } = serveLocal(echo, { ...OPTIONS });
+  const peer = await RawPeer.connect(server.port);
+  try {
+    await peer.write(handshakeRequest(server.port));
+    await peer.readHead();
+    const frame = new Uint8Array([
+      0x81,
+      0x85,
+      1,
+      2,
+      3,
+      4,
+      ..."hello".split("").map((c, i) => c.charCodeAt(0) ^ [1, 2, 3, 4][i % 4]),
+    ]);
+    for (const byte of frame) {
+      await peer.write(new Uint8Array([byte]));
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+    const echoed = await within(peer.readFrame(), 3000, "echo");
+    assert.equal(echoed?.opcode, Opcode.TEXT);
+    assert.equal(new TextDecoder().decode(echoed?.data), "hello");
+  } finally {
+    peer.close();
+    await server.close();
+  }
+});
