@@ -1,15 +1,16 @@
 /**
- * Private: plain TCP through `node:net`, which Deno runs on a libuv-style
- * loop in its runtime. Measured against `Deno.listen` / `Deno.Conn` with the
- * same server code (see the README's performance section): a write that the
- * kernel takes at once completes synchronously rather than as an async
- * operation, an idle socket costs far less memory, and the event loop only
- * visits sockets that are ready, which keeps fan-out to 10 000 sockets fast.
+ * Private: plain TCP through `node:net` (`serve({ tcp: "node:net" })`), which
+ * Deno runs on a libuv-style loop in its runtime. Compared with `Deno.listen`
+ * and `Deno.Conn` under the same server code: a write that the kernel takes
+ * at once completes synchronously rather than as an async operation, and the
+ * event loop only visits sockets that are ready, which keeps fan-out to
+ * 10 000 sockets fast; reads come in chunks of at most 64 KiB through Node's
+ * stream layer, which makes large messages and single round trips slower.
  *
- * Only used for TCP servers on an IP address, and only where the runtime has
- * what is needed; otherwise the server uses `Deno.listen`.
+ * Used for TCP servers on an IP address, where the runtime has what is
+ * needed; otherwise the server uses `Deno.listen`.
  *
- * @module
+ @module
  */
 
 import { isIP, type Server as NetServer, type Socket } from "node:net";

@@ -209,15 +209,15 @@ const SERVERS: Server[] = [
       ),
   },
   {
-    name: "ours_deno",
-    title: "@denows/websockets (Deno.listen)",
+    name: "ours_node",
+    title: "@denows/websockets (node:net)",
     fullOnly: true,
     command: (port, deflate) => [
       Deno.execPath(),
       "run",
       "-A",
       `${BENCH_DIR}/servers/ours.ts`,
-      ...["--port", `${port}`, "--tcp", "Deno.listen", ...deflateFlag(deflate)],
+      ...["--port", `${port}`, "--tcp", "node:net", ...deflateFlag(deflate)],
     ],
     unavailable: () =>
       Promise.resolve(

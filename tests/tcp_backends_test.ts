@@ -1,9 +1,10 @@
-// serve()'s two TCP backends, `tcp: "node:net"` (the default) and `tcp: "Deno.listen"`, run
+// serve()'s two TCP backends, `tcp: "Deno.listen"` (the default) and `tcp: "node:net"`, run
 // the same protocol code; these tests run the same behaviours over both, on real loopback
 // sockets: data both ways in any size, backpressure, a peer that doesn't read, aborts,
 // addresses, IPv6, fallbacks and listen errors.
 
 import assert from "node:assert/strict";
+import { broadcast } from "../broadcast.ts";
 import { connect } from "../client.ts";
 import { StreamConnection } from "../connection.ts";
 import { Opcode } from "../frames.ts";
@@ -150,6 +151,34 @@ for (const tcp of BACKENDS) {
     }
   });
 
+  Deno.test(`tcp ${tcp}: broadcast() reaches 50 clients, every message in order`, async () => {
+    const room = new Set<StreamConnection>();
+    const { server, uri } = serveLocal(async (ws) => {
+      room.add(ws);
+      await ws.closed;
+      room.delete(ws);
+    }, { ...OPTIONS, tcp });
+    const clients = await Promise.all(Array.from({ length: 50 }, () => connect(uri, OPTIONS)));
+    try {
+      await within(
+        (async () => {
+          while (room.size < 50) await new Promise((resolve) => setTimeout(resolve, 5));
+        })(),
+        3000,
+        "50 connections",
+      );
+      for (let i = 0; i < 100; i++) broadcast(room, `news ${i}`);
+      for (const client of clients) {
+        for (let i = 0; i < 100; i++) {
+          assert.equal(await within(client.recv(), 3000, `message ${i}`), `news ${i}`);
+        }
+      }
+    } finally {
+      await Promise.all(clients.map((client) => client.close()));
+      await server.close();
+    }
+  });
+
   Deno.test(`tcp ${tcp}: localAddr and remoteAddr are the socket's two ends`, async () => {
     const addrs = deferred<[Deno.Addr | undefined, Deno.Addr | undefined]>();
     const { server, uri } = serveLocal((ws) => {
@@ -205,7 +234,7 @@ Deno.test("tcp node:net: a host name is served through Deno.listen", async () =>
   const seen = deferred<string>();
   const server = serve((ws) => {
     seen.resolve(backendOf(ws));
-  }, { ...OPTIONS, hostname: "localhost", port: 0 });
+  }, { ...OPTIONS, tcp: "node:net", hostname: "localhost", port: 0 });
   try {
     const client = await connect(`ws://127.0.0.1:${server.port}/`, OPTIONS);
     assert.equal(await within(seen.promise, 3000, "handler"), "Deno.listen");
@@ -224,7 +253,7 @@ Deno.test("tcp node:net: bufferedAmount counts what the socket still holds for a
     await new Promise((resolve) => setTimeout(resolve, 200));
     buffered.resolve(ws.bufferedAmount);
     await ws.close();
-  }, { ...OPTIONS, closeTimeout: 200 });
+  }, { ...OPTIONS, tcp: "node:net", closeTimeout: 200 });
   const peer = await RawPeer.connect(server.port);
   try {
     await peer.write(handshakeRequest(server.port));
@@ -238,6 +267,20 @@ Deno.test("tcp node:net: bufferedAmount counts what the socket still holds for a
   }
 });
 
+Deno.test("tcp: the default is Deno.listen", async () => {
+  const seen = deferred<string>();
+  const { server, uri } = serveLocal((ws) => {
+    seen.resolve(backendOf(ws));
+  }, OPTIONS);
+  try {
+    const client = await connect(uri, OPTIONS);
+    assert.equal(await within(seen.promise, 3000, "handler"), "Deno.listen");
+    await client.closed;
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("tcp: an unknown tcp option value is a TypeError", () => {
   assert.throws(
     () => serve(echo, { tcp: "uv" as unknown as "node:net", hostname: HOST, port: 0 }),
@@ -246,7 +289,7 @@ Deno.test("tcp: an unknown tcp option value is a TypeError", () => {
 });
 
 Deno.test("tcp node:net: frames arriving a byte at a time are parsed", async () => {
-  const { server } = serveLocal(echo, { ...OPTIONS });
+  const { server } = serveLocal(echo, { ...OPTIONS, tcp: "node:net" });
   const peer = await RawPeer.connect(server.port);
   try {
     await peer.write(handshakeRequest(server.port));

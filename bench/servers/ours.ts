@@ -1,7 +1,7 @@
 /**
  * Benchmark server: this library (`serve()` + `broadcast()`).
  *
- *   deno run -A bench/servers/ours.ts --port 9001 [--deflate] [--tcp Deno.listen]
+ *   deno run -A bench/servers/ours.ts --port 9001 [--deflate] [--tcp node:net]
  *
  * `/echo` sends every message back as received; `/broadcast` sends every message any client
  * sends to every client connected on that path, with `broadcast()`. Compression is off unless
@@ -22,9 +22,9 @@ if (!Number.isInteger(port) || port < 1 || port > 65535) {
   );
 }
 const deflate = Deno.args.includes("--deflate");
-// `--tcp Deno.listen` serves through Deno.listen rather than node:net (the default).
+// `--tcp node:net` serves through node:net rather than Deno.listen (the default).
 const tcpAt = Deno.args.indexOf("--tcp");
-const tcp = tcpAt >= 0 ? Deno.args[tcpAt + 1] : "node:net";
+const tcp = tcpAt >= 0 ? Deno.args[tcpAt + 1] : "Deno.listen";
 if (tcp !== "node:net" && tcp !== "Deno.listen") {
   throw new RangeError(`--tcp must be node:net or Deno.listen, got ${tcp}`);
 }
