@@ -1255,8 +1255,20 @@ export class StreamConnection extends Connection {
   // Writing stopped: frames queued during the last write and after it get a new one.
   #ended = (): void => {
     this.#writing = false;
+    const idle = this.#writeIdle;
+    if (idle !== undefined) {
+      this.#writeIdle = undefined;
+      idle();
+    }
     if (!this.#transportClosed && this.protocol.outputLength !== 0) this.flushSoon();
   };
+
+  // Resolves once writing stopped (set by #run's end only).
+  #writeIdle: (() => void) | undefined;
+
+  #writesDone(): Promise<void> {
+    return new Promise((resolve) => (this.#writeIdle = resolve));
+  }
 
   #notifyDrain(): void {
     const waiters = this.#drainWaiters;
@@ -1370,17 +1382,21 @@ export class StreamConnection extends Connection {
         }
         if (protocol.outputLength !== 0 || protocol.eofSent) this.flushSoon();
         if (protocol.closeExpected()) this.#startCloseTimer();
+        // Nothing follows a client's close frame (RFC 6455 §5.5.1): a server that closes the
+        // transport once its own close frame is written reads no more. (A read left pending
+        // would only fail when the transport closes, and building that error costs.)
+        if (this.#closeAtOnce && !protocol.isClient && protocol.closeRcvd !== undefined) break;
       }
     } catch (runError) {
       error = runError instanceof Error ? runError : new Error(String(runError));
       this.logger?.error(`connection ${this.id}: unexpected error`, error);
     } finally {
       // Let a final write (close frame, response) go out before closing.
-      while (this.#writing) await new Promise((resolve) => setTimeout(resolve, 1));
+      while (this.#writing) await this.#writesDone();
       if (!this.#transportClosed && protocol.outputLength !== 0) {
         this.flushSoon();
         await new Promise((resolve) => setTimeout(resolve, 0));
-        while (this.#writing) await new Promise((resolve) => setTimeout(resolve, 1));
+        while (this.#writing) await this.#writesDone();
       }
       this.#finish(error);
     }

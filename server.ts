@@ -292,8 +292,26 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
   const openTimeout = options.openTimeout ?? DEFAULTS.openTimeout;
   const closeTimeout = options.closeTimeout ?? DEFAULTS.closeTimeout;
   let closing = false;
-  let handshaking = 0;
-  const inHandshake = new Set<ServerConnection>();
+  let closed = false;
+  // Connections in their opening handshake, with the time it started (oldest first).
+  const inHandshake = new Map<ServerConnection, number>();
+  // One timer per server drops handshakes older than openTimeout, rather than a timer per
+  // connection: a handshake ends between openTimeout and 1.25 × openTimeout after it began.
+  let sweepTimer: ReturnType<typeof setTimeout> | undefined;
+  const sweepEvery = Math.max(openTimeout / 4, 1);
+  function sweep(): void {
+    sweepTimer = undefined;
+    const now = performance.now();
+    for (const [connection, started] of inHandshake) {
+      if (now - started < openTimeout) break;
+      inHandshake.delete(connection);
+      if (connection.state === State.CONNECTING) {
+        logger?.info(`connection ${connection.id}: ${new HandshakeTimeout(openTimeout).message}`);
+        connection.abort();
+      }
+    }
+    if (inHandshake.size !== 0 && !closed) sweepTimer = setTimeout(sweep, sweepEvery);
+  }
 
   // A hook that throws is a bug in the application: answer 500, log it, go on serving.
   function hookFailed(
@@ -329,7 +347,7 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
     if (response === undefined) {
       if (
         options.maxConnections !== undefined &&
-        connections.size + handshaking > options.maxConnections
+        connections.size + inHandshake.size > options.maxConnections
       ) {
         response = protocol.reject(
           503,
@@ -408,14 +426,8 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
     }
     const protocol = new ServerProtocol(protocolOptions);
     const connection = new ServerConnection(protocol, conn, connectionOptions);
-    handshaking++;
-    inHandshake.add(connection);
-    const timer = setTimeout(() => {
-      if (connection.state === State.CONNECTING) {
-        logger?.info(`connection ${connection.id}: ${new HandshakeTimeout(openTimeout).message}`);
-        connection.abort();
-      }
-    }, openTimeout);
+    inHandshake.set(connection, performance.now());
+    if (sweepTimer === undefined && !closed) sweepTimer = setTimeout(sweep, sweepEvery);
     connection.start();
     try {
       await connection.handshake;
@@ -423,8 +435,6 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
       // Answered with an HTTP error, timed out, or the peer left; the connection ends by itself.
       throw HANDSHAKE_FAILED;
     } finally {
-      clearTimeout(timer);
-      handshaking--;
       inHandshake.delete(connection);
     }
     return connection;
@@ -494,7 +504,7 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
     await acceptLoopDone;
     // Connections that haven't sent a request yet (e.g. a browser's spare
     // sockets) have nothing to finish: drop them now.
-    for (const connection of inHandshake) {
+    for (const connection of inHandshake.keys()) {
       if (connection.request === undefined) {
         connection.abort();
       }
@@ -509,11 +519,14 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
     ]);
     clearTimeout(timer);
     // Handshakes still in progress are dropped so that no socket outlives close().
-    const dropped = [...inHandshake];
+    const dropped = [...inHandshake.keys()];
     for (const connection of dropped) {
       connection.abort();
     }
     await Promise.all(dropped.map((connection) => connection.closed));
+    closed = true;
+    clearTimeout(sweepTimer);
+    sweepTimer = undefined;
     finishedResolve();
   }
 
