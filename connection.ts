@@ -1394,8 +1394,7 @@ export class StreamConnection extends Connection {
       // Let a final write (close frame, response) go out before closing.
       while (this.#writing) await this.#writesDone();
       if (!this.#transportClosed && protocol.outputLength !== 0) {
-        this.flushSoon();
-        await new Promise((resolve) => setTimeout(resolve, 0));
+        this.#flush();
         while (this.#writing) await this.#writesDone();
       }
       this.#finish(error);
