@@ -37,6 +37,8 @@ export class SocketTransport implements Transport {
   #writeLength = 0;
   readonly localAddr: Deno.NetAddr;
   readonly remoteAddr: Deno.NetAddr;
+  /** Writes reach the kernel synchronously. */
+  readonly syncWrites = true;
 
   constructor(socket: Socket) {
     this.#socket = socket;
@@ -146,7 +148,9 @@ export class SocketTransport implements Transport {
     }
     // No write callback: one would be called with an error if the socket is closed right
     // after a last write, which happens on every close.
-    if (socket.write(data)) return Promise.resolve(data.length);
+    // (write() says false for anything over the high-water mark, even when the kernel took
+    // all of it synchronously: then nothing is left to wait for.)
+    if (socket.write(data) || socket.writableLength === 0) return Promise.resolve(data.length);
     this.#writeLength = data.length;
     socket.once("drain", SocketTransport.#onDrain);
     return new Promise((resolve, reject) => {

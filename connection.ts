@@ -854,6 +854,12 @@ export interface Transport {
    * taken yet (counted in the connection's `bufferedAmount`).
    */
   readonly bufferedAmount?: number;
+  /**
+   * Optional: `true` when `write()` hands data to the operating system
+   * synchronously. Connections then coalesce what they send over a whole
+   * event-loop turn rather than while a write is in flight.
+   */
+  readonly syncWrites?: boolean;
   /** Local address, if any. */
   readonly localAddr?: Deno.Addr;
   /** Remote address, if any. */
@@ -1137,6 +1143,10 @@ export class StreamConnection extends Connection {
   flushSoon(): void {
     if (this.#writing || this.#flushScheduled) return;
     this.#flushScheduled = true;
+    if (this.transport.syncWrites === true) {
+      StreamConnection.#flushAfterTurn(this);
+      return;
+    }
     this.#flushWaits = 0;
     this.#flushQueued = -1;
     StreamConnection.#checkSoon(this);
@@ -1150,6 +1160,27 @@ export class StreamConnection extends Connection {
     const toCheck = StreamConnection.#toCheck;
     toCheck.push(connection);
     if (toCheck.length === 1) queueMicrotask(StreamConnection.#checkAll);
+  }
+
+  // Transports whose writes complete synchronously don't hold frames back while a write is in
+  // flight: their connections write once per event-loop turn, after its I/O, so that all that
+  // was queued while handling the turn's reads goes in one write (one system call).
+  static #afterTurn: StreamConnection[] = [];
+
+  static #flushAfterTurn(connection: StreamConnection): void {
+    const queue = StreamConnection.#afterTurn;
+    queue.push(connection);
+    if (queue.length === 1) setImmediate(StreamConnection.#flushTurn);
+  }
+
+  static #flushTurn(): void {
+    const queue = StreamConnection.#afterTurn;
+    StreamConnection.#afterTurn = [];
+    for (let i = 0; i < queue.length; i++) {
+      const connection = queue[i];
+      connection.#flushScheduled = false;
+      connection.#flush();
+    }
   }
 
   static #checkAll(): void {
