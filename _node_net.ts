@@ -141,16 +141,21 @@ export class SocketTransport implements Transport {
    * `bufferedAmount`); otherwise once the socket's buffer drained.
    */
   write(data: Uint8Array): Promise<number> {
+    const result = this.writeNow(data);
+    return typeof result === "number" ? Promise.resolve(result) : result;
+  }
+
+  /** As `write()`, returning the count itself when there is nothing to wait for. */
+  writeNow(data: Uint8Array): number | Promise<number> {
     const socket = this.#socket;
     if (this.#error !== undefined) return Promise.reject(this.#error);
     if (socket.destroyed || !socket.writable) {
       return Promise.reject(new Deno.errors.BrokenPipe("the socket is closed"));
     }
     // No write callback: one would be called with an error if the socket is closed right
-    // after a last write, which happens on every close.
-    // (write() says false for anything over the high-water mark, even when the kernel took
-    // all of it synchronously: then nothing is left to wait for.)
-    if (socket.write(data) || socket.writableLength === 0) return Promise.resolve(data.length);
+    // after a last write, which happens on every close. (write() says false for anything over
+    // the high-water mark, even when the kernel took all of it: then nothing is left to wait for.)
+    if (socket.write(data) || socket.writableLength === 0) return data.length;
     this.#writeLength = data.length;
     socket.once("drain", SocketTransport.#onDrain);
     return new Promise((resolve, reject) => {

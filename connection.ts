@@ -845,6 +845,12 @@ export interface Transport {
   readChunk?(): Promise<Uint8Array | null>;
   /** Writes some of `data`; resolves to the number of bytes written. */
   write(data: Uint8Array): Promise<number>;
+  /**
+   * Optional: as `write()`, but returns the number of bytes written itself
+   * when the data was written synchronously (no promise to wait for). Never
+   * throws: failures are rejected promises.
+   */
+  writeNow?(data: Uint8Array): number | Promise<number>;
   /** Half-closes: no more writes, reads go on. */
   closeWrite?(): Promise<void>;
   /** Closes both directions and releases the transport. */
@@ -1251,7 +1257,15 @@ export class StreamConnection extends Connection {
 
   #write(data: Uint8Array): void {
     this.#writeData = data;
-    this.transport.write(data).then(this.#written, this.#writeFailed);
+    const transport = this.transport;
+    if (transport.writeNow === undefined) {
+      transport.write(data).then(this.#written, this.#writeFailed);
+      return;
+    }
+    // Written synchronously: go on at once, without a promise.
+    const result = transport.writeNow(data);
+    if (typeof result === "number") this.#written(result);
+    else result.then(this.#written, this.#writeFailed);
   }
 
   #written = (count: number): void => {
@@ -1590,7 +1604,25 @@ const SLAB_MAX = 1024;
 let slab = new Uint8Array(SLAB_SIZE);
 let slabUsed = 0;
 
+// The chunks of the last join and its result: connections that queued the same frames (one
+// broadcast's shared bytes) write the same joined bytes, joined once.
+const lastChunks: Uint8Array[] = [];
+let lastJoined: Uint8Array | undefined;
+
 function concatChunks(chunks: Uint8Array[], count: number, length: number): Uint8Array {
+  if (lastJoined !== undefined && lastJoined.length === length && lastChunks.length === count) {
+    let i = 0;
+    while (i < count && chunks[i] === lastChunks[i]) i++;
+    if (i === count) return lastJoined;
+  }
+  const data = join(chunks, count, length);
+  lastChunks.length = count;
+  for (let i = 0; i < count; i++) lastChunks[i] = chunks[i];
+  lastJoined = data;
+  return data;
+}
+
+function join(chunks: Uint8Array[], count: number, length: number): Uint8Array {
   let data: Uint8Array;
   if (length > SLAB_MAX) {
     data = new Uint8Array(length);
