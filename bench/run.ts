@@ -361,14 +361,14 @@ function scenarios(): Scenario[] {
       metric: HANDSHAKES,
       details: LATENCY,
     },
-    idle("idle-1k", "memory per idle connection at 1 000", 1000),
+    idle("idle-10k", "memory per idle connection at 10 000", 10000),
   ];
   const full: Scenario[] = [
     broadcast("broadcast-10k", "broadcast 32 B to 10 000", 10000, 32, 4),
     broadcast("broadcast-4k", "broadcast 4 KiB to 1 000", 1000, 4096, 32),
-    idle("idle-10k", "memory per idle connection at 10 000", 10000),
+    idle("idle-1k", "memory per idle connection at 1 000", 1000),
   ].map((s) => ({ ...s, set: "full" }));
-  const compressed: Scenario[] = [quick[1], quick[2], quick[3], quick[5]].map((s) => ({
+  const compressed: Scenario[] = [quick[1], quick[2], quick[3], full[2]].map((s) => ({
     ...s,
     id: `${s.id}-deflate`,
     title: `${s.title}, permessage-deflate`,
