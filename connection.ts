@@ -942,6 +942,9 @@ export interface StreamConnectionOptions extends ConnectionOptions {
 const MIN_READ = 256;
 // What is left of a read buffer is read into while it has this many bytes (or a whole buffer's).
 const MIN_REUSE = 1024;
+// The first read: a browser's handshake request (400-700 bytes) in one read. What is left of
+// it is under MIN_REUSE, so an idle connection then holds a MIN_READ buffer again.
+const HANDSHAKE_READ = 1024;
 const MAX_READ = 256 * 1024;
 // What the handshake's resolve and reject become once used, so that they are not kept.
 function settled(): void {}
@@ -985,7 +988,7 @@ export class StreamConnection extends Connection {
   #writeEof = false;
   #drainWaiters: Waiter<void>[] | undefined;
   #transportClosed = false;
-  #readSize = MIN_READ;
+  #readSize = HANDSHAKE_READ;
   #slab: Uint8Array = new Uint8Array(0);
   #closeTimer: ReturnType<typeof setTimeout> | undefined;
   #readLoop: Promise<void> | undefined;
@@ -1503,6 +1506,11 @@ export class StreamConnection extends Connection {
   #opened(): void {
     if (this.#handshakeSettled) return;
     this.#handshakeSettled = true;
+    if (this.#readSize === HANDSHAKE_READ) {
+      // Back to small reads; the rest of the handshake's buffer isn't kept by an idle connection.
+      this.#readSize = MIN_READ;
+      this.#slab = new Uint8Array(0);
+    }
     this.logger?.info(`connection ${this.id} open`);
     const resolve = this.#handshakeResolve;
     this.#handshakeResolve = this.#handshakeReject = settled;

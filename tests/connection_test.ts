@@ -4,16 +4,17 @@
 
 import assert from "node:assert/strict";
 import { connect } from "../client.ts";
-import type { Message, StreamConnection } from "../connection.ts";
+import { type Message, StreamConnection, type Transport } from "../connection.ts";
 import { ConnectionClosedError, ConnectionClosedOK, PayloadTooBig } from "../errors.ts";
 import { Close, Frame, Opcode } from "../frames.ts";
-import { State } from "../protocol.ts";
+import { ServerProtocol, State } from "../protocol.ts";
 import type { ServerConnection } from "../server.ts";
 import {
   acceptRaw,
   deferred,
   delay,
   echo,
+  handshakeRequest,
   HOST,
   pendingAfter,
   randomBytes,
@@ -811,4 +812,57 @@ Deno.test("connection: maxSize counts decompressed bytes: a small compressed mes
   } finally {
     await server.close();
   }
+});
+
+Deno.test("connection: a browser-sized handshake request is read at once, then reads shrink to 256 B", async () => {
+  const request = new TextEncoder().encode(
+    handshakeRequest(8765, {
+      headers: {
+        "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) " +
+          "Chrome/131.0.0.0 Safari/537.36",
+        Origin: "https://chat.example.com",
+        "Accept-Language": "en-GB,en;q=0.9,fr;q=0.8",
+        "Accept-Encoding": "gzip, deflate, br, zstd",
+        "Cache-Control": "no-cache",
+        Pragma: "no-cache",
+        "Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits",
+      },
+    }),
+  );
+  assert.ok(request.length > 400 && request.length < 1024, `request of ${request.length} B`);
+  const readSizes: number[] = [];
+  const written: Uint8Array[] = [];
+  const secondRead = deferred<void>();
+  let pending: Uint8Array | undefined = request;
+  const transport: Transport = {
+    read(buffer: Uint8Array): Promise<number | null> {
+      readSizes.push(buffer.length);
+      if (pending === undefined) {
+        secondRead.resolve();
+        return new Promise(() => {}); // an idle client: the read never completes
+      }
+      const count = Math.min(pending.length, buffer.length);
+      buffer.set(pending.subarray(0, count));
+      pending = count === pending.length ? undefined : pending.subarray(count);
+      return Promise.resolve(count);
+    },
+    write(data: Uint8Array): Promise<number> {
+      written.push(data.slice());
+      return Promise.resolve(data.length);
+    },
+    close(): void {},
+  };
+  const protocol = new ServerProtocol();
+  const connection = new StreamConnection(protocol, transport, {
+    pingInterval: null,
+    onHandshake: (event) => {
+      if (event.type === "request") protocol.sendResponse(protocol.accept(event.request));
+    },
+  });
+  connection.start();
+  await within(connection.handshake, 3000, "handshake");
+  await within(secondRead.promise, 3000, "the read after the handshake");
+  assert.deepEqual(readSizes, [1024, 256]);
+  assert.match(new TextDecoder().decode(written[0]), /^HTTP\/1\.1 101 /);
+  connection.abort();
 });
