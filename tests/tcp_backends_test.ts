@@ -8,7 +8,8 @@ import { broadcast } from "../broadcast.ts";
 import { connect } from "../client.ts";
 import { StreamConnection } from "../connection.ts";
 import { Opcode } from "../frames.ts";
-import { serve } from "../server.ts";
+import { Server as NetServer } from "node:net";
+import { serve, type Server } from "../server.ts";
 import {
   deferred,
   echo,
@@ -16,6 +17,7 @@ import {
   HOST,
   randomBytes,
   RawPeer,
+  selfSignedCert,
   serveLocal,
   within,
 } from "./_helpers.ts";
@@ -316,6 +318,49 @@ Deno.test("tcp node:net: frames arriving a byte at a time are parsed", async () 
     assert.equal(new TextDecoder().decode(echoed?.data), "hello");
   } finally {
     peer.close();
+    await server.close();
+  }
+});
+
+Deno.test("tcp node:net: with tls the server serves wss: through Deno.listenTls", async () => {
+  await using tls = await selfSignedCert();
+  const seen = deferred<string>();
+  const { server } = serveLocal(async (ws) => {
+    seen.resolve(backendOf(ws));
+    await echo(ws);
+  }, { ...OPTIONS, tcp: "node:net", tls: { cert: tls.cert, key: tls.key } });
+  try {
+    const client = await connect(`wss://localhost:${server.port}/`, {
+      ...OPTIONS,
+      caCerts: [tls.cert],
+    });
+    assert.equal(await within(seen.promise, 3000, "handler"), "Deno.listen");
+    await client.send("secret");
+    assert.equal(await client.recv(), "secret");
+    await client.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("tcp node:net: a runtime without node:net's synchronous listen falls back to Deno.listen", async () => {
+  const prototype = NetServer.prototype as unknown as { _listen2?: unknown };
+  const saved = prototype._listen2;
+  delete prototype._listen2;
+  const seen = deferred<string>();
+  let server: Server | undefined;
+  try {
+    server = serve((ws) => {
+      seen.resolve(backendOf(ws));
+    }, { ...OPTIONS, tcp: "node:net", hostname: HOST, port: 0 });
+  } finally {
+    prototype._listen2 = saved;
+  }
+  try {
+    const client = await connect(`ws://${HOST}:${server.port}/`, OPTIONS);
+    assert.equal(await within(seen.promise, 3000, "handler"), "Deno.listen");
+    await client.closed;
+  } finally {
     await server.close();
   }
 });
