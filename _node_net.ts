@@ -7,6 +7,11 @@
  * 10 000 sockets fast; reads come in chunks of at most 64 KiB through Node's
  * stream layer, which makes large messages and single round trips slower.
  *
+ * Writes go straight to the socket's handle (`writeBuffer()`, which
+ * `socket.write()` ends in) where `process.binding("stream_wrap")` gives the
+ * stream state telling a synchronous write from a pending one; otherwise
+ * through `socket.write()`.
+ *
  * Used for TCP servers on an IP address, where the runtime has what is
  * needed; otherwise the server uses `Deno.listen`.
  *
