@@ -160,7 +160,8 @@ export class SocketTransport implements Transport {
     }
     const handle = (socket as unknown as { _handle?: StreamHandle | null })._handle;
     if (
-      DIRECT !== undefined && handle != null && typeof handle.writeBuffer === "function" &&
+      directWrites && DIRECT !== undefined && handle != null &&
+      typeof handle.writeBuffer === "function" &&
       socket.writableLength === 0
     ) {
       return this.#writeDirect(handle, data);
@@ -297,6 +298,19 @@ const DIRECT: { state: ArrayLike<number>; lastWriteWasAsync: number } | undefine
     return undefined;
   }
 })();
+
+let directWrites = true;
+
+/**
+ * Turns direct handle writes off (or back on) for sockets' next writes, so
+ * that the `socket.write()` path can be tested where both exist; returns the
+ * previous setting.
+ */
+export function setDirectWrites(enabled: boolean): boolean {
+  const previous = directWrites;
+  directWrites = enabled;
+  return previous;
+}
 
 // How long a closed socket may take to send what it still holds.
 const LINGER = 5_000;

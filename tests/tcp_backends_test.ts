@@ -4,6 +4,7 @@
 // addresses, IPv6, fallbacks and listen errors.
 
 import assert from "node:assert/strict";
+import { setDirectWrites } from "../_node_net.ts";
 import { broadcast } from "../broadcast.ts";
 import { connect } from "../client.ts";
 import { StreamConnection } from "../connection.ts";
@@ -362,5 +363,52 @@ Deno.test("tcp node:net: a runtime without node:net's synchronous listen falls b
     await client.closed;
   } finally {
     await server.close();
+  }
+});
+
+Deno.test("tcp node:net: without direct handle writes (socket.write()), data, backpressure and close still hold", async () => {
+  const previous = setDirectWrites(false);
+  try {
+    // Echo of every size, pipelined.
+    const { server, uri } = serveLocal(echo, { ...OPTIONS, tcp: "node:net", maxSize: 8 << 20 });
+    const client = await connect(uri, { ...OPTIONS, maxSize: 8 << 20 });
+    try {
+      for (const size of [0, 125, 65550, 4 * 1024 * 1024]) {
+        const bytes = randomBytes(size, size + 3);
+        await client.send(bytes);
+        assert.deepEqual(await within(client.recv(), 10_000, `echo of ${size} B`), bytes);
+      }
+      for (let i = 0; i < 500; i++) client.send(`m${i}`);
+      for (let i = 0; i < 500; i++) {
+        assert.equal(await within(client.recv(), 5000, `m${i}`), `m${i}`);
+      }
+    } finally {
+      await client.close();
+      await server.close();
+    }
+    // A client that never reads: send() waits, bufferedAmount grows, closeTimeout drops it.
+    const closed = deferred<[number, number]>();
+    const slow = serveLocal(async (ws) => {
+      const chunk = randomBytes(256 * 1024);
+      while (ws.bufferedAmount < 4 * 1024 * 1024) ws.send(chunk).catch(() => {});
+      const buffered = ws.bufferedAmount;
+      const started = performance.now();
+      ws.close(1000).catch(() => {});
+      await ws.closed;
+      closed.resolve([buffered, performance.now() - started]);
+    }, { ...OPTIONS, tcp: "node:net", closeTimeout: 300 });
+    const peer = await RawPeer.connect(slow.server.port);
+    try {
+      await peer.write(handshakeRequest(slow.server.port));
+      await peer.readHead();
+      const [buffered, elapsed] = await within(closed.promise, 5000, "connection closed");
+      assert.ok(buffered >= 4 * 1024 * 1024, `bufferedAmount ${buffered}`);
+      assert.ok(elapsed >= 250 && elapsed < 2000, `closed after ${elapsed} ms`);
+    } finally {
+      peer.close();
+      await slow.server.close();
+    }
+  } finally {
+    setDirectWrites(previous);
   }
 });
