@@ -22,7 +22,8 @@ import { parseArgs } from "node:util";
 import { serve } from "../server.ts";
 
 const USAGE = "usage: echo_server.ts [--port 9001] [--hostname 127.0.0.1] " +
-  "[--max-size BYTES (default 16777216)] [--no-compression] [--ping-interval MS (default 0: off)]";
+  "[--max-size BYTES (default 16777216)] [--no-compression] [--ping-interval MS (default 0: off)] " +
+  "[--tcp Deno.listen|node:net]";
 
 let values: {
   port: string;
@@ -30,6 +31,7 @@ let values: {
   "max-size"?: string;
   "no-compression"?: boolean;
   "ping-interval"?: string;
+  tcp: string;
   help?: boolean;
 };
 try {
@@ -41,6 +43,7 @@ try {
       "max-size": { type: "string" },
       "no-compression": { type: "boolean" },
       "ping-interval": { type: "string" },
+      tcp: { type: "string", default: "Deno.listen" },
       help: { type: "boolean", short: "h" },
     },
   }));
@@ -79,6 +82,11 @@ if (values["ping-interval"] !== undefined) {
   pingInterval = interval === 0 ? null : interval;
 }
 const hostname = values.hostname;
+const tcp = values.tcp;
+if (tcp !== "Deno.listen" && tcp !== "node:net") {
+  console.error(`invalid --tcp ${tcp}: expected Deno.listen or node:net\n${USAGE}`);
+  Deno.exit(2);
+}
 
 const server = serve(async (ws) => {
   for await (const message of ws) await ws.send(message);
@@ -87,6 +95,7 @@ const server = serve(async (ws) => {
   port,
   maxSize,
   pingInterval,
+  tcp,
   compression: values["no-compression"] ? null : "deflate",
 });
 

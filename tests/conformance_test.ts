@@ -95,7 +95,9 @@ for (const [category, name] of CATEGORIES) {
 }
 
 /** Starts examples/echo_server.ts as the suite's runs start it; resolves once it listens. */
-async function startExampleEchoServer(): Promise<{ port: number; stop(): Promise<void> }> {
+async function startExampleEchoServer(
+  tcp: string,
+): Promise<{ port: number; stop(): Promise<void> }> {
   const child = new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -105,6 +107,8 @@ async function startExampleEchoServer(): Promise<{ port: number; stop(): Promise
       "0",
       "--max-size",
       String(MAX_SIZE),
+      "--tcp",
+      tcp,
     ],
     stdin: "null",
     stdout: "piped",
@@ -136,21 +140,23 @@ async function startExampleEchoServer(): Promise<{ port: number; stop(): Promise
   return { port, stop };
 }
 
-Deno.test("conformance: examples/echo_server.ts --max-size 16777216 passes every category", async () => {
-  const server = await startExampleEchoServer();
-  try {
-    const notPassing: string[] = [];
-    for (const [category] of CATEGORIES) {
-      const cases = CASES[category];
-      notPassing.push(
-        ...failures(cases, await fuzzServer("127.0.0.1", server.port, cases, SETTINGS)),
-      );
+for (const tcp of ["Deno.listen", "node:net"]) {
+  Deno.test(`conformance: examples/echo_server.ts --max-size 16777216 --tcp ${tcp} passes every category`, async () => {
+    const server = await startExampleEchoServer(tcp);
+    try {
+      const notPassing: string[] = [];
+      for (const [category] of CATEGORIES) {
+        const cases = CASES[category];
+        notPassing.push(
+          ...failures(cases, await fuzzServer("127.0.0.1", server.port, cases, SETTINGS)),
+        );
+      }
+      assert.deepEqual(notPassing, []);
+    } finally {
+      await server.stop();
     }
-    assert.deepEqual(notPassing, []);
-  } finally {
-    await server.stop();
-  }
-});
+  });
+}
 
 Deno.test("conformance: the UTF-8 vectors are graded as a strict decoder reads them", () => {
   const decoder = new TextDecoder("utf-8", { fatal: true });
