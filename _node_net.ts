@@ -15,7 +15,7 @@
  * Used for TCP servers on an IP address, where the runtime has what is
  * needed; otherwise the server uses `Deno.listen`.
  *
- @module
+ * @module
  */
 
 import { isIP, type Server as NetServer, type Socket } from "node:net";
@@ -25,7 +25,7 @@ import type { Transport } from "./connection.ts";
 
 const kTransport = Symbol("transport");
 type TransportSocket = Socket & { [kTransport]?: SocketTransport };
-// The one internal `node:net` method this relies on: it binds and listens synchronously
+// The internal `node:net` method the listener relies on: it binds and listens synchronously
 // (`listen()` resolves its host first, so the address would only be known later).
 type ListenSync = (address: string, port: number, addressType: number, backlog: number) => void;
 
