@@ -179,7 +179,8 @@ export class SocketTransport implements Transport {
   }
 
   // Writes straight to the socket's handle, past Node's stream layer (what `socket.write()`
-  // does underneath, without its bookkeeping): a third more writes per second on fan-out.
+  // does underneath, without its bookkeeping): about a quarter more deliveries per second when
+  // broadcasting to 10 000 sockets.
   // A write the kernel took at once is done; otherwise the handle finishes it and calls the
   // request's `oncomplete`.
   #writeDirect(handle: StreamHandle, data: Uint8Array): number | Promise<number> {
