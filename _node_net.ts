@@ -348,7 +348,7 @@ export function listenTcp(
   let server: NetServer;
   try {
     server = createServer(
-      { allowHalfOpen: true, noDelay: true, pauseOnConnect: false },
+      { allowHalfOpen: true, noDelay: true },
       (socket) => {
         onSocket(new SocketTransport(socket));
       },

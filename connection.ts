@@ -1613,7 +1613,9 @@ let slab = new Uint8Array(SLAB_SIZE);
 let slabUsed = 0;
 
 // The chunks of the last join and its result: connections that queued the same frames (one
-// broadcast's shared bytes) write the same joined bytes, joined once.
+// broadcast's shared bytes) write the same joined bytes, joined once. Only joins up to
+// JOIN_CACHE_MAX bytes are kept, so that a large echo isn't held after it was written.
+const JOIN_CACHE_MAX = 1024 * 1024;
 const lastChunks: Uint8Array[] = [];
 let lastJoined: Uint8Array | undefined;
 
@@ -1624,6 +1626,7 @@ function concatChunks(chunks: Uint8Array[], count: number, length: number): Uint
     if (i === count) return lastJoined;
   }
   const data = join(chunks, count, length);
+  if (length > JOIN_CACHE_MAX) return data;
   lastChunks.length = count;
   for (let i = 0; i < count; i++) lastChunks[i] = chunks[i];
   lastJoined = data;
