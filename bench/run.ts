@@ -2,8 +2,8 @@
  * Side-by-side WebSocket server benchmarks: this library against Deno's built-in WebSocket,
  * npm `ws` under Node.js and Bun, all driven by the same C load generator (`bench/loadgen.c`).
  *
- *   deno run -A bench/run.ts [--full] [--deflate] [--servers a,b] [--scenarios x,y]
- *                            [--seconds S] [--warmup S] [--repeat N]
+ *   deno run -A bench/run.ts [--full] [--deflate] [--servers a,b] [--clients a,b]
+ *                            [--scenarios x,y] [--seconds S] [--warmup S] [--repeat N]
  *
  * Each measurement starts a fresh server pinned to CPU 0 (`taskset -c 0`) and the load generator
  * pinned to CPU 1 (`taskset -c 1`), waits for the server's `listening on` line, runs one
@@ -11,6 +11,10 @@
  * repetition), each scenario is repeated (3 times by default), and the tables report medians and
  * each server's ratio to Deno's built-in server from the same run. Results are also written to
  * `bench/results/latest.json`.
+ *
+ * The client scenarios (`--full`) turn this around: one fixed fast server (Bun's, or this
+ * library's through node:net where Bun cannot run) pinned to CPU 1, and each client under test
+ * (`bench/clients/`) pinned to CPU 0 running the same closed echo loop.
  *
  * @module
  */
@@ -42,6 +46,7 @@ interface Options {
   full: boolean;
   deflate: boolean;
   servers?: string[];
+  clients?: string[];
   scenarios?: string[];
   seconds: number;
   warmup: number;
@@ -51,8 +56,8 @@ interface Options {
 function usage(message?: string): never {
   if (message) console.error(`run.ts: ${message}`);
   console.error(
-    "usage: deno run -A bench/run.ts [--full] [--deflate] [--servers a,b] [--scenarios x,y]\n" +
-      "                                [--seconds S] [--warmup S] [--repeat N]",
+    "usage: deno run -A bench/run.ts [--full] [--deflate] [--servers a,b] [--clients a,b]\n" +
+      "                                [--scenarios x,y] [--seconds S] [--warmup S] [--repeat N]",
   );
   Deno.exit(64);
 }
@@ -84,6 +89,9 @@ function parseOptions(args: string[]): Options {
         break;
       case "--servers":
         options.servers = value().split(",").filter(Boolean);
+        break;
+      case "--clients":
+        options.clients = value().split(",").filter(Boolean);
         break;
       case "--scenarios":
         options.scenarios = value().split(",").filter(Boolean);
@@ -260,6 +268,58 @@ const SERVERS: Server[] = [
 ];
 
 // ---------------------------------------------------------------------------------------------
+// Clients (the client scenarios)
+
+interface Client {
+  /** Name used in `--clients` and in the JSON results. */
+  name: string;
+  /** Column title. */
+  title: string;
+  /** Command line (without the CPU pinning) before the driver's arguments. */
+  command: string[];
+  unavailable(): Promise<string | undefined>;
+}
+
+const CLIENTS: Client[] = [
+  {
+    name: "deno_builtin",
+    title: "Deno built-in",
+    command: [Deno.execPath(), "run", "-A", `${BENCH_DIR}/clients/deno_builtin.ts`],
+    unavailable: () => Promise.resolve(undefined),
+  },
+  {
+    name: "ours",
+    title: "@denows/websockets",
+    command: [Deno.execPath(), "run", "-A", `${BENCH_DIR}/clients/ours.ts`],
+    unavailable: () => Promise.resolve(undefined),
+  },
+  {
+    name: "ws",
+    title: "ws (Node)",
+    command: ["node", `${BENCH_DIR}/clients/ws_node.mjs`],
+    unavailable: () => SERVERS.find((s) => s.name === "ws")!.unavailable(),
+  },
+  {
+    name: "bun",
+    title: "Bun",
+    command: [BUN, `${BENCH_DIR}/clients/deno_builtin.ts`],
+    unavailable: () => SERVERS.find((s) => s.name === "bun")!.unavailable(),
+  },
+];
+
+/** The server every client scenario runs against: Bun's, else ours through node:net. */
+let fixedServer: Promise<Server> | undefined;
+function clientScenarioServer(): Promise<Server> {
+  fixedServer ??= (async () => {
+    const bun = SERVERS.find((s) => s.name === "bun")!;
+    return (await bun.unavailable()) === undefined
+      ? bun
+      : SERVERS.find((s) => s.name === "ours_node")!;
+  })();
+  return fixedServer;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Scenarios
 
 interface Metric {
@@ -273,11 +333,11 @@ interface Metric {
 interface Scenario {
   id: string;
   title: string;
-  kind: "load" | "idle";
-  /** Load generator arguments, without --port, --deflate and timing. */
+  kind: "load" | "idle" | "client";
+  /** Load generator (or client driver) arguments, without --port, --deflate and timing. */
   args: string[];
   deflate: boolean;
-  set: "quick" | "full";
+  set: "quick" | "full" | "client";
   metric: Metric;
   details: Metric[];
   /** Connections held open by the idle scenario. */
@@ -375,7 +435,15 @@ function scenarios(): Scenario[] {
     deflate: true,
     set: "full",
   }));
-  return [...quick, ...full, ...compressed];
+  const client: Scenario[] = [quick[0], quick[1], quick[2]].map((s) => ({
+    ...s,
+    id: s.id.replace("echo", "client"),
+    title: `client: ${s.title}`,
+    kind: "client",
+    args: s.args.slice(1),
+    set: "client",
+  }));
+  return [...quick, ...full, ...compressed, ...client];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -477,8 +545,8 @@ interface RunningServer {
   stderr: LineReader;
 }
 
-async function startServer(server: Server, port: number, deflate: boolean) {
-  const child = spawn(SERVER_CPU, server.command(port, deflate));
+async function startServer(server: Server, port: number, deflate: boolean, cpu = SERVER_CPU) {
+  const child = spawn(cpu, server.command(port, deflate));
   let ready: () => void = () => {};
   const listening = new Promise<void>((resolve) => (ready = resolve));
   const expected = `listening on ws://127.0.0.1:${port}`;
@@ -656,6 +724,52 @@ async function measure(scenario: Scenario, server: Server, options: Options): Pr
   }
 }
 
+/** Runs one client against a fresh fixed server; the client's CPU use is measured. */
+async function measureClient(
+  scenario: Scenario,
+  client: Client,
+  options: Options,
+): Promise<Result> {
+  const port = freePort();
+  const server = await clientScenarioServer();
+  const running = await startServer(server, port, false, LOADGEN_CPU);
+  try {
+    const started = performance.now();
+    const child = spawn(SERVER_CPU, [
+      ...client.command,
+      ...["--url", `ws://127.0.0.1:${port}/echo`, ...scenario.args],
+      ...["--warmup", `${options.warmup}`, "--seconds", `${options.seconds}`],
+    ]);
+    const stdout = new LineReader(child.stdout, () => {});
+    const stderr = new LineReader(child.stderr, () => {});
+    const limit = (options.seconds + options.warmup + 60) * 1000;
+    let status: Deno.CommandStatus;
+    try {
+      status = await within(child.status, limit, "client hung");
+    } catch (error) {
+      await stop(child);
+      throw error;
+    }
+    await Promise.all([stdout.done, stderr.done]);
+    if (!status.success) throw new Error(`client exited with ${status.code}: ${tail(stderr.text)}`);
+    const line = stdout.text.trim().split("\n").pop() ?? "";
+    let result: Result;
+    try {
+      result = JSON.parse(line) as Result;
+    } catch {
+      throw new Error(`client printed no JSON: ${tail(stdout.text + stderr.text)}`);
+    }
+    if (Number(result.errors) !== 0 || Number(result.closed) !== 0) {
+      throw new Error(`client saw ${result.errors} wrong echoes, ${result.closed} closes`);
+    }
+    result.wall_s = (performance.now() - started) / 1000;
+    result.server = server.name;
+    return result;
+  } finally {
+    await stop(running.child);
+  }
+}
+
 function median(values: number[]): number | undefined {
   const sorted = values.filter((v) => Number.isFinite(v)).sort((a, b) => a - b);
   if (sorted.length === 0) return undefined;
@@ -685,7 +799,10 @@ type Summary = Record<string, Record<string, Cell>>;
 
 const DETAIL_KEYS = ["server_cpu_pct", "loadgen_cpu_pct", "other_cpu_pct"];
 
-function summarize(list: Scenario[], servers: Server[], measurements: Measurement[]): Summary {
+/** A column of the tables: a server, or a client in the client scenarios. */
+type Column = Pick<Server, "name" | "title">;
+
+function summarize(list: Scenario[], servers: Column[], measurements: Measurement[]): Summary {
   const summary: Summary = {};
   for (const scenario of list) {
     const row: Record<string, Cell> = {};
@@ -717,7 +834,7 @@ function summarize(list: Scenario[], servers: Server[], measurements: Measuremen
   return summary;
 }
 
-function table(title: string, list: Scenario[], servers: Server[], summary: Summary): string {
+function table(title: string, list: Scenario[], servers: Column[], summary: Summary): string {
   const head = `| ${title} | ${servers.map((s) => s.title).join(" | ")} |`;
   const rule = `| --- | ${servers.map(() => "---:").join(" | ")} |`;
   const rows = list.map((scenario) => {
@@ -736,7 +853,7 @@ function table(title: string, list: Scenario[], servers: Server[], summary: Summ
   return [head, rule, ...rows].join("\n");
 }
 
-function detailsTable(list: Scenario[], servers: Server[], summary: Summary): string {
+function detailsTable(list: Scenario[], servers: Column[], summary: Summary): string {
   const head = `| details (medians) | ${servers.map((s) => s.title).join(" | ")} |`;
   const rule = `| --- | ${servers.map(() => "---:").join(" | ")} |`;
   const rows: string[] = [];
@@ -826,6 +943,12 @@ async function main(): Promise<void> {
     const known = SERVERS.map((s) => s.name).join(", ");
     usage(`unknown server ${unknown.join(", ")}; known: ${known}`);
   }
+  const clientNames = options.clients ?? CLIENTS.map((c) => c.name);
+  const unknownClients = clientNames.filter((n) => !CLIENTS.some((c) => c.name === n));
+  if (unknownClients.length) {
+    const known = CLIENTS.map((c) => c.name).join(", ");
+    usage(`unknown client ${unknownClients.join(", ")}; known: ${known}`);
+  }
 
   await ensureLoadgen();
   const servers: Server[] = [];
@@ -840,6 +963,18 @@ async function main(): Promise<void> {
     }
   }
   if (servers.length === 0) throw new Error("no server to benchmark");
+  const clients: Client[] = [];
+  if (selected.some((s) => s.kind === "client")) {
+    for (const client of CLIENTS.filter((c) => clientNames.includes(c.name))) {
+      const reason = await client.unavailable();
+      if (reason) {
+        skipped[`client ${client.name}`] = reason;
+        console.log(`skipping client ${client.name}: ${reason}`);
+      } else {
+        clients.push(client);
+      }
+    }
+  }
 
   const env = { machine: machine(), versions: await versions(servers) };
   const versionText = Object.entries(env.versions).map(([k, v]) => `${k} ${v}`).join(", ");
@@ -848,24 +983,37 @@ async function main(): Promise<void> {
       `CPU ${LOADGEN_CPU} (taskset -c ${LOADGEN_CPU}); loopback only`,
   );
   console.log(`${env.machine.cpu}, ${env.machine.cores} cores, ${env.machine.os}; ${versionText}`);
+  const clientScenarios = selected.filter((s) => s.kind === "client");
+  const fixed = clientScenarios.length ? await clientScenarioServer() : undefined;
+  if (fixed) {
+    console.log(
+      `client scenarios: clients pinned to CPU ${SERVER_CPU}, the ${fixed.name} server to ` +
+        `CPU ${LOADGEN_CPU}`,
+    );
+  }
   console.log(
-    `${selected.length} scenarios × ${servers.length} servers × ${options.repeat} repetitions, ` +
-      `${options.warmup} s warm-up + ${options.seconds} s measured per load run\n`,
+    `${selected.length} scenarios × ${servers.length} servers (${clients.length} clients) × ` +
+      `${options.repeat} repetitions, ${options.warmup} s warm-up + ${options.seconds} s ` +
+      `measured per load run\n`,
   );
 
   const measurements: Measurement[] = [];
-  const total = selected.length * servers.length * options.repeat;
+  const columnsOf = (s: Scenario): (Server | Client)[] => s.kind === "client" ? clients : servers;
+  const total = selected.reduce((n, s) => n + columnsOf(s).length * options.repeat, 0);
   const started = performance.now();
   for (const scenario of selected) {
+    const columns = columnsOf(scenario);
     for (let repetition = 0; repetition < options.repeat; repetition++) {
       // Rotate the order so that no server always runs first (or right after the same one).
-      const order = servers.map((_, i) => servers[(i + repetition) % servers.length]);
+      const order = columns.map((_, i) => columns[(i + repetition) % columns.length]);
       for (const server of order) {
         const n = measurements.length + 1;
         const label = `[${n}/${total}] ${scenario.id} ${server.name} #${repetition + 1}`;
         const runStarted = performance.now();
         try {
-          const result = await measure(scenario, server, options);
+          const result = scenario.kind === "client"
+            ? await measureClient(scenario, server as Client, options)
+            : await measure(scenario, server as Server, options);
           result.elapsed_s = Math.round(performance.now() - runStarted) / 1000;
           const value = Number(result[scenario.metric.key]);
           measurements.push({
@@ -900,19 +1048,32 @@ async function main(): Promise<void> {
   }
   const elapsed = (performance.now() - started) / 1000;
 
-  const summary = summarize(selected, servers, measurements);
-  const plain = selected.filter((s) => !s.deflate);
-  const compressed = selected.filter((s) => s.deflate);
+  const serverScenarios = selected.filter((s) => s.kind !== "client");
+  const summary = {
+    ...summarize(serverScenarios, servers, measurements),
+    ...summarize(clientScenarios, clients, measurements),
+  };
+  const plain = serverScenarios.filter((s) => !s.deflate);
+  const compressed = serverScenarios.filter((s) => s.deflate);
   const out: string[] = [
     `Medians of ${options.repeat} interleaved runs; (×) is the ratio to Deno's built-in server ` +
-    `in this run. Servers on CPU ${SERVER_CPU}, load generator on CPU ${LOADGEN_CPU}.`,
+    `(or client) in this run. Servers on CPU ${SERVER_CPU}, load generator on CPU ` +
+    `${LOADGEN_CPU}${
+      fixed ? `; clients on CPU ${SERVER_CPU}, ${fixed.name} on CPU ${LOADGEN_CPU}` : ""
+    }.`,
   ];
   if (plain.length) out.push("", table("scenario", plain, servers, summary));
   if (compressed.length) {
     out.push("", table("scenario (permessage-deflate)", compressed, servers, summary));
     out.push("", "† the server did not negotiate permessage-deflate and ran uncompressed.");
   }
-  out.push("", detailsTable(selected, servers, summary));
+  if (clientScenarios.length && clients.length) {
+    out.push("", table(`client (against ${fixed?.title})`, clientScenarios, clients, summary));
+  }
+  if (serverScenarios.length) out.push("", detailsTable(serverScenarios, servers, summary));
+  if (clientScenarios.length && clients.length) {
+    out.push("", detailsTable(clientScenarios, clients, summary));
+  }
   for (const [name, reason] of Object.entries(skipped)) out.push("", `Skipped ${name}: ${reason}`);
   out.push("", `Total time: ${elapsed.toFixed(0)} s.`);
   console.log(`\n${out.join("\n")}`);
@@ -924,6 +1085,8 @@ async function main(): Promise<void> {
     pinning: { server: SERVER_CPU, loadgen: LOADGEN_CPU },
     options,
     servers: servers.map((s) => s.name),
+    clients: clients.map((c) => c.name),
+    client_scenario_server: fixed?.name,
     skipped,
     scenarios: selected.map(({ id, title, args, deflate, metric }) => ({
       id,
