@@ -985,6 +985,11 @@ export class StreamConnection extends Connection {
   #flushOutput = 0;
   #inflight = 0;
   #writeData: Uint8Array | undefined;
+  // The pieces of a write of large chunks (see splitForWrite()), the next one's index, and the
+  // bytes of those not yet handed to the transport.
+  #pieces: Uint8Array[] | undefined;
+  #pieceAt = 0;
+  #piecesLeft = 0;
   #writeEof = false;
   #drainWaiters: Waiter<void>[] | undefined;
   #transportClosed = false;
@@ -1034,7 +1039,9 @@ export class StreamConnection extends Connection {
   /** Bytes queued for sending and not yet written to the transport. */
   get bufferedAmount(): number {
     // A transport that counts what it holds counts the write in flight too.
-    return this.protocol.outputLength + (this.transport.bufferedAmount ?? this.#inflight);
+    const held = this.transport.bufferedAmount;
+    return this.protocol.outputLength +
+      (held === undefined ? this.#inflight : held + this.#piecesLeft);
   }
   /** The subprotocol negotiated during the handshake, if any. */
   get subprotocol(): string | undefined {
@@ -1242,6 +1249,14 @@ export class StreamConnection extends Connection {
         this.#writeEof = eof;
         if (length !== 0) {
           this.#inflight = length;
+          if (count > 1 && length >= DIRECT_FROM && hasLargeChunk(chunks, count)) {
+            const pieces = splitForWrite(chunks, count);
+            this.#pieces = pieces;
+            this.#pieceAt = 1;
+            this.#piecesLeft = length - pieces[0].length;
+            this.#write(pieces[0]);
+            return;
+          }
           this.#write(count === 1 ? chunks[0] : concatChunks(chunks, count, length));
           return;
         }
@@ -1259,42 +1274,71 @@ export class StreamConnection extends Connection {
   }
 
   #write(data: Uint8Array): void {
-    this.#writeData = data;
     const transport = this.transport;
-    if (transport.writeNow === undefined) {
-      transport.write(data).then(this.#written, this.#writeFailed);
-      return;
+    for (;;) {
+      this.#writeData = data;
+      if (transport.writeNow === undefined) {
+        transport.write(data).then(this.#written, this.#writeFailed);
+        return;
+      }
+      const result = transport.writeNow(data);
+      if (typeof result !== "number") {
+        result.then(this.#written, this.#writeFailed);
+        return;
+      }
+      // Written synchronously: go on at once, without a promise (in a loop: a write of many
+      // pieces doesn't recurse).
+      const next = this.#afterWrite(result);
+      if (next === undefined) return;
+      data = next;
     }
-    // Written synchronously: go on at once, without a promise.
-    const result = transport.writeNow(data);
-    if (typeof result === "number") this.#written(result);
-    else result.then(this.#written, this.#writeFailed);
   }
 
   #written = (count: number): void => {
+    const next = this.#afterWrite(count);
+    if (next === undefined) return;
+    try {
+      this.#write(next);
+    } catch (error) {
+      this.#writeFailed(error);
+    }
+  };
+
+  // After `count` bytes of #writeData went out: the bytes to write next, or `undefined` when
+  // this write is over (then the next one has started, or writing ended).
+  #afterWrite(count: number): Uint8Array | undefined {
     try {
       const data = this.#writeData!;
-      if (count < data.length) {
-        this.#write(data.subarray(count));
-        return;
+      if (count < data.length) return data.subarray(count);
+      const pieces = this.#pieces;
+      if (pieces !== undefined) {
+        if (this.#pieceAt < pieces.length) {
+          const next = pieces[this.#pieceAt++];
+          this.#piecesLeft -= next.length;
+          return next;
+        }
+        this.#pieces = undefined;
       }
       this.#writeData = undefined;
       this.#inflight = 0;
       this.#notifyDrain();
       if (this.#writeEof) {
         this.#endOutput().then(this.#ended, this.#writeFailed);
-        return;
+        return undefined;
       }
     } catch (error) {
       this.#writeFailed(error);
-      return;
+      return undefined;
     }
     this.#writeMore();
-  };
+    return undefined;
+  }
 
   #writeFailed = (error: unknown): void => {
     this.logger?.debug(`connection ${this.id}: write failed: ${error}`);
     this.#writeData = undefined;
+    this.#pieces = undefined;
+    this.#piecesLeft = 0;
     this.#inflight = 0;
     this.#abort();
     this.#ended();
@@ -1631,6 +1675,49 @@ function concatChunks(chunks: Uint8Array[], count: number, length: number): Uint
   for (let i = 0; i < count; i++) lastChunks[i] = chunks[i];
   lastJoined = data;
   return data;
+}
+
+// Chunks of at least this many bytes (large payloads) are written from where they are, one
+// write each, rather than copied into one joined buffer: the copy (and zeroing the buffer)
+// cost more than the extra writes. The small chunks before one (its frame header) are joined
+// with its first bytes, up to SLAB_MAX, so that a header doesn't go out as a packet of its own.
+// (Measured on 64 KiB echoes: 680 → 870 MB/s, medians of 5 interleaved runs.)
+const DIRECT_FROM = 16384;
+
+function hasLargeChunk(chunks: Uint8Array[], count: number): boolean {
+  for (let i = 0; i < count; i++) if (chunks[i].length >= DIRECT_FROM) return true;
+  return false;
+}
+
+// The writes for `chunks[0..count)`: large chunks (or their tails) as they are, the small
+// chunks between them joined.
+function splitForWrite(chunks: Uint8Array[], count: number): Uint8Array[] {
+  const pieces: Uint8Array[] = [];
+  let start = 0;
+  let small = 0;
+  for (let i = 0; i < count; i++) {
+    const chunk = chunks[i];
+    if (chunk.length < DIRECT_FROM) {
+      small += chunk.length;
+      continue;
+    }
+    if (i === start) {
+      pieces.push(chunk);
+    } else {
+      const head = small < SLAB_MAX ? SLAB_MAX - small : 0;
+      const group = chunks.slice(start, i);
+      if (head !== 0) group.push(chunk.subarray(0, head));
+      pieces.push(join(group, group.length, small + head));
+      pieces.push(head === 0 ? chunk : chunk.subarray(head));
+    }
+    start = i + 1;
+    small = 0;
+  }
+  if (start < count) {
+    const group = chunks.slice(start, count);
+    pieces.push(join(group, group.length, small));
+  }
+  return pieces;
 }
 
 function join(chunks: Uint8Array[], count: number, length: number): Uint8Array {

@@ -65,6 +65,51 @@ for (const tcp of BACKENDS) {
     }
   });
 
+  Deno.test(`tcp ${tcp}: large and small frames queued together go out whole and in order`, async () => {
+    // Large payloads (16 KiB and up) are written from where they are, the small frames
+    // between them joined: every combination must arrive byte for byte, in order, both ways.
+    const messages: (string | Uint8Array)[] = [
+      "first",
+      randomBytes(16384, 1),
+      randomBytes(3, 2),
+      randomBytes(100_000, 3),
+      "ż".repeat(10_000),
+      randomBytes(1024 * 1024, 4),
+      randomBytes(16383, 5),
+      randomBytes(16385, 6),
+      randomBytes(70_000, 7),
+      "last",
+    ];
+    const { server, uri } = serveLocal(async (ws) => {
+      for await (const message of ws) {
+        if (message !== "go") {
+          await ws.send(message);
+          continue;
+        }
+        // All in one turn, with a ping between them.
+        for (let i = 0; i < messages.length; i++) {
+          ws.send(messages[i]).catch(() => {});
+          if (i === 3) ws.ping().catch(() => {});
+        }
+      }
+    }, { ...OPTIONS, tcp, maxSize: 4 * 1024 * 1024 });
+    const client = await connect(uri, { ...OPTIONS, maxSize: 4 * 1024 * 1024 });
+    try {
+      await client.send("go");
+      for (const expected of messages) {
+        assert.deepEqual(await within(client.recv(), 10_000, "server's frames"), expected);
+      }
+      // The client's frames (masked, each in its own buffer) queued in one turn, echoed.
+      for (const message of messages) client.send(message).catch(() => {});
+      for (const expected of messages) {
+        assert.deepEqual(await within(client.recv(), 10_000, "echoes"), expected);
+      }
+    } finally {
+      await client.close();
+      await server.close();
+    }
+  });
+
   Deno.test(`tcp ${tcp}: 2 000 pipelined messages come back complete and in order`, async () => {
     const { server, uri } = serveLocal(echo, { ...OPTIONS, tcp });
     const client = await connect(uri, OPTIONS);
