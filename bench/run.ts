@@ -130,6 +130,8 @@ interface Server {
   unavailable(): Promise<string | undefined>;
   /** Only run with `--full` (or when named in `--servers`). */
   fullOnly?: boolean;
+  /** Only run in these kinds of scenario. */
+  kinds?: Scenario["kind"][];
 }
 
 function exists(path: string): boolean {
@@ -264,6 +266,19 @@ const SERVERS: Server[] = [
       const version = await output(BUN, ["--version"]);
       return version === undefined ? `${BUN} --version failed` : undefined;
     },
+  },
+  {
+    name: "deno_floor",
+    title: "Deno.listen floor (no library)",
+    kinds: ["idle"],
+    command: (port) => [
+      Deno.execPath(),
+      "run",
+      "--allow-net",
+      `${BENCH_DIR}/servers/deno_floor.ts`,
+      ...["--port", `${port}`],
+    ],
+    unavailable: () => Promise.resolve(undefined),
   },
 ];
 
@@ -998,7 +1013,13 @@ async function main(): Promise<void> {
   );
 
   const measurements: Measurement[] = [];
-  const columnsOf = (s: Scenario): (Server | Client)[] => s.kind === "client" ? clients : servers;
+  const columnsOf = (s: Scenario): (Server | Client)[] =>
+    s.kind === "client"
+      ? clients
+      : servers.filter((server) =>
+        (server.kinds === undefined || server.kinds.includes(s.kind)) &&
+        !(s.deflate && server.name === "deno_floor")
+      );
   const total = selected.reduce((n, s) => n + columnsOf(s).length * options.repeat, 0);
   const started = performance.now();
   for (const scenario of selected) {
