@@ -271,6 +271,7 @@ const SERVERS: Server[] = [
     name: "deno_floor",
     title: "Deno.listen floor (no library)",
     kinds: ["idle"],
+    fullOnly: true, // keeps the quick set under 3 minutes
     command: (port) => [
       Deno.execPath(),
       "run",
