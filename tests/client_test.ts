@@ -19,6 +19,7 @@ import {
   freePort,
   handshakeResponse,
   HOST,
+  randomBytes,
   RawServer,
   rejection,
   selfSignedCert,
@@ -299,6 +300,17 @@ Deno.test("client: connects over wss: to serve({ tls }) trusting caCerts", async
     await ws.send("secret");
     await ws.send(new Uint8Array([1, 2]));
     assert.deepEqual([await ws.recv(), await ws.recv()], ["secret", new Uint8Array([1, 2])]);
+    // Large frames, queued in one turn, go out as separate writes: TLS keeps them whole, in order.
+    const large = [
+      randomBytes(100_000, 1),
+      randomBytes(512 * 1024, 2),
+      "x",
+      randomBytes(20_000, 3),
+    ];
+    for (const message of large) ws.send(message).catch(() => {});
+    for (const expected of large) {
+      assert.deepEqual(await within(ws.recv(), 10_000, "large echo over TLS"), expected);
+    }
     await ws.close();
     assert.equal((await ws.closed).code, 1000);
   } finally {
