@@ -630,37 +630,58 @@ interface LoadgenRun {
   wall: number;
 }
 
-/** Runs the load generator; `onReady` runs when it reports its connections are open. */
-async function loadgen(
-  args: string[],
-  timeoutSeconds: number,
-  onReady?: () => Promise<void>,
+/**
+ * Runs a child pinned to `cpu` that prints one JSON line of results last; rejects with `what`
+ * in the message when it hangs past `limitMs`, fails, or prints no JSON.
+ */
+async function runJson(
+  cpu: string,
+  cmd: string[],
+  limitMs: number,
+  what: string,
+  onStderrLine: (line: string) => void = () => {},
 ): Promise<LoadgenRun> {
   const started = performance.now();
-  const child = spawn(LOADGEN_CPU, [LOADGEN, ...args, "--timeout", `${Math.ceil(timeoutSeconds)}`]);
-  let readyWork: Promise<void> = Promise.resolve();
-  const stderr = new LineReader(child.stderr, (line) => {
-    if (onReady && line.startsWith("loadgen: idle: ready")) readyWork = onReady();
-  });
+  const child = spawn(cpu, cmd);
+  const stderr = new LineReader(child.stderr, onStderrLine);
   const stdout = new LineReader(child.stdout, () => {});
   let status: Deno.CommandStatus;
   try {
-    status = await within(child.status, (timeoutSeconds + 10) * 1000, "load generator hung");
+    status = await within(child.status, limitMs, `${what} hung`);
   } catch (error) {
     await stop(child);
     throw error;
   }
   const wall = (performance.now() - started) / 1000;
   await Promise.all([stdout.done, stderr.done]);
-  await readyWork;
-  if (!status.success) {
-    throw new Error(`load generator exited with ${status.code}: ${tail(stderr.text)}`);
-  }
+  if (!status.success) throw new Error(`${what} exited with ${status.code}: ${tail(stderr.text)}`);
   const line = stdout.text.trim().split("\n").pop() ?? "";
   try {
     return { result: JSON.parse(line) as Result, wall };
   } catch {
-    throw new Error(`load generator printed no JSON: ${tail(stdout.text + stderr.text)}`);
+    throw new Error(`${what} printed no JSON: ${tail(stdout.text + stderr.text)}`);
+  }
+}
+
+/** Runs the load generator; `onReady` runs when it reports its connections are open. */
+async function loadgen(
+  args: string[],
+  timeoutSeconds: number,
+  onReady?: () => Promise<void>,
+): Promise<LoadgenRun> {
+  let readyWork: Promise<void> = Promise.resolve();
+  try {
+    return await runJson(
+      LOADGEN_CPU,
+      [LOADGEN, ...args, "--timeout", `${Math.ceil(timeoutSeconds)}`],
+      (timeoutSeconds + 10) * 1000,
+      "load generator",
+      (line) => {
+        if (onReady && line.startsWith("loadgen: idle: ready")) readyWork = onReady();
+      },
+    );
+  } finally {
+    await readyWork;
   }
 }
 
@@ -750,35 +771,20 @@ async function measureClient(
   const server = await clientScenarioServer();
   const running = await startServer(server, port, false, LOADGEN_CPU);
   try {
-    const started = performance.now();
-    const child = spawn(SERVER_CPU, [
-      ...client.command,
-      ...["--url", `ws://127.0.0.1:${port}/echo`, ...scenario.args],
-      ...["--warmup", `${options.warmup}`, "--seconds", `${options.seconds}`],
-    ]);
-    const stdout = new LineReader(child.stdout, () => {});
-    const stderr = new LineReader(child.stderr, () => {});
-    const limit = (options.seconds + options.warmup + 60) * 1000;
-    let status: Deno.CommandStatus;
-    try {
-      status = await within(child.status, limit, "client hung");
-    } catch (error) {
-      await stop(child);
-      throw error;
-    }
-    await Promise.all([stdout.done, stderr.done]);
-    if (!status.success) throw new Error(`client exited with ${status.code}: ${tail(stderr.text)}`);
-    const line = stdout.text.trim().split("\n").pop() ?? "";
-    let result: Result;
-    try {
-      result = JSON.parse(line) as Result;
-    } catch {
-      throw new Error(`client printed no JSON: ${tail(stdout.text + stderr.text)}`);
-    }
+    const { result, wall } = await runJson(
+      SERVER_CPU,
+      [
+        ...client.command,
+        ...["--url", `ws://127.0.0.1:${port}/echo`, ...scenario.args],
+        ...["--warmup", `${options.warmup}`, "--seconds", `${options.seconds}`],
+      ],
+      (options.seconds + options.warmup + 60) * 1000,
+      "client",
+    );
     if (Number(result.errors) !== 0 || Number(result.closed) !== 0) {
       throw new Error(`client saw ${result.errors} wrong echoes, ${result.closed} closes`);
     }
-    result.wall_s = (performance.now() - started) / 1000;
+    result.wall_s = wall;
     result.server = server.name;
     return result;
   } finally {
