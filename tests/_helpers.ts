@@ -463,3 +463,46 @@ export class PeerProcess {
     return await this.stop();
   }
 }
+
+/** A script started by {@linkcode startListening}: its port, and how to end it. */
+export interface ListeningScript extends AsyncDisposable {
+  port: number;
+  stop(): Promise<void>;
+}
+
+/**
+ * Runs a Deno script (`deno run -A path ...args`) that prints `listening on ws://HOST:PORT`
+ * when it is ready; resolves with that port. `stop()` ends it by PID.
+ */
+export async function startListening(path: string, args: string[]): Promise<ListeningScript> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", path, ...args],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let output = "";
+  let port: number | undefined;
+  while (port === undefined) {
+    const { value, done } = await lines.read();
+    if (done) break;
+    output += value;
+    const match = /listening on ws:\/\/[^\s]+:(\d+)/.exec(output);
+    if (match !== null) port = Number(match[1]);
+  }
+  const stop = async (): Promise<void> => {
+    try {
+      child.kill("SIGTERM");
+    } catch {
+      // already exited
+    }
+    await lines.cancel();
+    await child.status;
+  };
+  if (port === undefined) {
+    await stop();
+    throw new Error(`${path} did not start: ${output}`);
+  }
+  return { port, stop, [Symbol.asyncDispose]: stop };
+}

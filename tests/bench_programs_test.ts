@@ -4,37 +4,12 @@
 
 import assert from "node:assert/strict";
 import { connect } from "../client.ts";
-import { freePort, within } from "./_helpers.ts";
+import { freePort, type ListeningScript, startListening, within } from "./_helpers.ts";
 
 const BENCH = new URL("../bench/", import.meta.url).pathname;
 
-interface Started extends AsyncDisposable {
-  port: number;
-}
-
-async function startServer(file: string): Promise<Started> {
-  const port = freePort();
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${BENCH}${file}`, "--port", `${port}`],
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let seen = "";
-  while (!seen.includes(`listening on ws://127.0.0.1:${port}`)) {
-    const { value, done } = await within(reader.read(), 20_000, `${file} to listen`);
-    if (done) throw new Error(`${file} exited before listening`);
-    seen += value;
-  }
-  reader.releaseLock();
-  child.stdout.cancel().catch(() => {});
-  return {
-    port,
-    async [Symbol.asyncDispose]() {
-      child.kill("SIGKILL");
-      await child.status;
-    },
-  };
+function startServer(file: string): Promise<ListeningScript> {
+  return startListening(`${BENCH}${file}`, ["--port", `${freePort()}`]);
 }
 
 async function runClient(

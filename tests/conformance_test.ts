@@ -20,6 +20,7 @@ import {
   passed,
   utf8Vectors,
 } from "./_autobahn.ts";
+import { type ListeningScript, startListening } from "./_helpers.ts";
 
 /** Largest message of the suite (case 9.1.6: 16 MiB). */
 const MAX_SIZE = 16 * 1024 * 1024;
@@ -95,49 +96,10 @@ for (const [category, name] of CATEGORIES) {
 }
 
 /** Starts examples/echo_server.ts as the suite's runs start it; resolves once it listens. */
-async function startExampleEchoServer(
-  tcp: string,
-): Promise<{ port: number; stop(): Promise<void> }> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      new URL("../examples/echo_server.ts", import.meta.url).pathname,
-      "--port",
-      "0",
-      "--max-size",
-      String(MAX_SIZE),
-      "--tcp",
-      tcp,
-    ],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let output = "";
-  let port: number | undefined;
-  while (port === undefined) {
-    const { value, done } = await lines.read();
-    if (done) break;
-    output += value;
-    const match = /listening on ws:\/\/[^\s]+:(\d+)/.exec(output);
-    if (match !== null) port = Number(match[1]);
-  }
-  const stop = async (): Promise<void> => {
-    try {
-      child.kill("SIGTERM");
-    } catch {
-      // already exited
-    }
-    await lines.cancel();
-    await child.status;
-  };
-  if (port === undefined) {
-    await stop();
-    throw new Error(`examples/echo_server.ts did not start: ${output}`);
-  }
-  return { port, stop };
+function startExampleEchoServer(tcp: string): Promise<ListeningScript> {
+  return startListening(new URL("../examples/echo_server.ts", import.meta.url).pathname, [
+    ...["--port", "0", "--max-size", String(MAX_SIZE), "--tcp", tcp],
+  ]);
 }
 
 for (const tcp of ["Deno.listen", "node:net"]) {
