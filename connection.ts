@@ -956,9 +956,9 @@ const MAX_FLUSH_WAITS = 64;
  * The sans-I/O protocol over a {@linkcode Transport} (a `Deno.Conn` or Web
  * Streams): reads big chunks and hands each to the protocol in one call,
  * coalesces the frames produced while a write is in flight into one write
- * (payloads of 16 KiB and more are written from where they are, not
- * copied into it), pauses reading while `maxQueue` messages wait, runs keepalive and the
- * closing handshake with its timeouts.
+ * (payloads of 16 KiB and more are written from where they are, not copied
+ * into it), pauses reading while `maxQueue` messages wait, runs keepalive
+ * and the closing handshake with its timeouts.
  *
  * Made by `connect()` and `serve()`; you rarely construct it yourself.
  *
@@ -1154,9 +1154,9 @@ export class StreamConnection extends Connection {
 
   /**
    * Schedules a write of everything the protocol produced, coalesced into one write (large
-   * payloads excepted: see splitForWrite()). The write
-   * waits while the application makes progress from one microtask to the next (reads a queued
-   * message or queues a frame), so that the answers to the messages of one read go in one write.
+   * payloads excepted: see splitForWrite()). The write waits while the application makes
+   * progress from one microtask to the next (reads a queued message or queues a frame), so that
+   * the answers to the messages of one read go in one write.
    */
   flushSoon(): void {
     if (this.#writing || this.#flushScheduled) return;
