@@ -946,6 +946,9 @@ const MIN_REUSE = 1024;
 // it is under MIN_REUSE, so an idle connection then holds a MIN_READ buffer again.
 const HANDSHAKE_READ = 1024;
 const MAX_READ = 256 * 1024;
+// When this much or more of a frame's payload is still to come, it is read straight into the
+// frame's buffer rather than into a read buffer and copied from there.
+const DIRECT_READ_FROM = 16 * 1024;
 // What the handshake's resolve and reject become once used, so that they are not kept.
 function settled(): void {}
 
@@ -1445,14 +1448,21 @@ export class StreamConnection extends Connection {
       while (!protocol.eofReceived && !this.#transportClosed) {
         if (this.queueFull) await this.waitForQueueSpace();
         let chunk: Uint8Array | null;
+        // Set when the read goes straight into the payload of a large frame.
+        let into: Uint8Array | undefined;
         try {
           // (Not an async helper: one suspended function per idle connection is enough.)
           if (this.transport.readChunk !== undefined) {
             chunk = await this.transport.readChunk();
           } else {
-            const slab = this.#readBuffer();
+            into = protocol.receiveBuffer(DIRECT_READ_FROM);
+            const slab = into ?? this.#readBuffer();
             const count = await this.transport.read(slab);
-            chunk = count === null ? null : this.#readDone(slab, count);
+            chunk = count === null
+              ? null
+              : into === undefined
+              ? this.#readDone(slab, count)
+              : slab.subarray(0, count);
           }
         } catch (readError) {
           if (this.#transportClosed) break;
@@ -1464,6 +1474,8 @@ export class StreamConnection extends Connection {
         }
         if (chunk === null) {
           protocol.receiveEof();
+        } else if (into !== undefined) {
+          protocol.receiveInto(chunk.length);
         } else {
           protocol.receiveData(chunk);
         }

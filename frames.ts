@@ -684,7 +684,10 @@ const EMPTY = new Uint8Array(0);
  * Speed: a frame whose payload lies whole in a chunk is returned as a
  * `subarray` view of that chunk, unmasked in place; a payload that spans
  * chunks is copied once into a buffer of its declared length, allocated only
- * after that length was checked against `maxSize`, and unmasked as it fills.
+ * after that length was checked against `maxSize`, and unmasked as it fills;
+ * a reader of a socket can have the rest of such a payload received straight
+ * into that buffer ({@linkcode FrameReader.prototype.payloadSpace}), which
+ * saves the copy.
  * A header split between chunks is gathered in a 14-byte scratch buffer, so
  * a chunk is never copied to join it to the previous one, and chunks fed
  * before `next()` is called are queued, never concatenated.
@@ -757,6 +760,75 @@ export class FrameReader {
       this.#queue.push(chunk);
       this.#queued += chunk.length;
     }
+  }
+
+  /**
+   * Where the rest of a large frame's payload may be received directly,
+   * without passing through a chunk: the unfilled end of the buffer of the
+   * frame being read, when every byte fed so far was parsed and at least
+   * `minimum` (and at least one) payload bytes are still to come; otherwise
+   * `undefined`. Write
+   * the bytes received to its start and report them with
+   * {@linkcode FrameReader.prototype.payloadReceived}; `next()` returns the
+   * frame once it is full. (A masked payload is unmasked as reported.)
+   *
+   * @example
+   * ```ts
+   * import { Frame, FrameReader, Opcode } from "@denows/websockets/frames";
+   * const bytes = new Frame(Opcode.BINARY, new Uint8Array(70000).fill(7)).serialize({ mask: true });
+   * const reader = new FrameReader({ mask: true });
+   * reader.feed(bytes.slice(0, 1000));
+   * console.log(reader.next()); // undefined
+   * const space = reader.payloadSpace(16384)!;
+   * space.set(bytes.subarray(1000)); // as a socket read into it would
+   * reader.payloadReceived(bytes.length - 1000);
+   * console.log(reader.next()?.data.every((byte) => byte === 7)); // true
+   * ```
+   */
+  payloadSpace(minimum: number): Uint8Array | undefined {
+    const frame = this.#partial;
+    if (
+      frame === undefined || this.#position !== this.#buffer.length ||
+      this.#queueHead !== this.#queue.length
+    ) {
+      return undefined;
+    }
+    const filled = this.#partialFilled;
+    const rest = frame.data.length - filled;
+    return rest === 0 || rest < minimum ? undefined : frame.data.subarray(filled);
+  }
+
+  /**
+   * Reports that `count` bytes were written to the start of what
+   * {@linkcode FrameReader.prototype.payloadSpace} returned last. Throws
+   * `RangeError` when no frame is being read or `count` is more than its
+   * payload still lacks.
+   *
+   * @example
+   * ```ts
+   * import { Frame, FrameReader, Opcode } from "@denows/websockets/frames";
+   * const bytes = new Frame(Opcode.TEXT, new Uint8Array(20000)).serialize({ mask: false });
+   * const reader = new FrameReader({ mask: false });
+   * reader.feed(bytes.slice(0, 4)); // the header only
+   * reader.next();
+   * reader.payloadSpace(0)!.set(bytes.subarray(4, 10004));
+   * reader.payloadReceived(10000);
+   * console.log(reader.next(), reader.bufferedAmount); // undefined 10004
+   * ```
+   */
+  payloadReceived(count: number): void {
+    const frame = this.#partial;
+    const filled = this.#partialFilled;
+    if (frame === undefined || !(count >= 0 && count <= frame.data.length - filled)) {
+      throw new RangeError(
+        frame === undefined
+          ? "no frame is being read"
+          : `${count} bytes received, but the frame lacks only ${frame.data.length - filled}`,
+      );
+    }
+    const key = this.#partialKey;
+    if (key !== 0) maskRange(frame.data, filled, filled + count, rotateKey(key, filled));
+    this.#partialFilled = filled + count;
   }
 
   /**

@@ -381,8 +381,66 @@ export abstract class Protocol {
       if (rest === undefined || rest.length === 0 || this.state !== State.OPEN) return;
       data = rest;
     }
+    this.reader!.feed(data);
+    this.#parseFrames();
+  }
+
+  /**
+   * Where the next bytes received may go directly: the rest of the payload
+   * of a large frame whose first bytes came, once every byte received before
+   * was parsed and at least `minimum` bytes are still to come (see
+   * {@linkcode FrameReader.prototype.payloadSpace}); otherwise `undefined`.
+   * Reading into it saves a copy and a buffer per read. Report what was
+   * written there with {@linkcode Protocol.prototype.receiveInto}, before
+   * feeding anything else.
+   *
+   * @example
+   * ```ts
+   * import { ClientProtocol, ServerProtocol } from "@denows/websockets/protocol";
+   * import { parseUri } from "@denows/websockets/uri";
+   * const client = new ClientProtocol(parseUri("ws://example.com/"));
+   * const server = new ServerProtocol();
+   * client.sendRequest(client.connect());
+   * for (const chunk of client.dataToSend()) server.receiveData(chunk);
+   * const [event] = server.eventsReceived();
+   * if (event.type === "request") server.sendResponse(server.accept(event.request));
+   * for (const chunk of server.dataToSend()) client.receiveData(chunk);
+   * client.sendBinary(new Uint8Array(100000).fill(1));
+   * const [bytes] = client.dataToSend();
+   * server.receiveData(bytes.subarray(0, 1000));
+   * const space = server.receiveBuffer(16384)!;
+   * space.set(bytes.subarray(1000)); // as a socket read into it would
+   * server.receiveInto(bytes.length - 1000);
+   * const [message] = server.eventsReceived();
+   * if (message.type === "message") console.log(message.data.length); // 100000
+   * ```
+   */
+  receiveBuffer(minimum: number): Uint8Array | undefined {
+    if (this.eofReceived || this.#discarding || this.#state === State.CONNECTING) return undefined;
+    return this.reader?.payloadSpace(minimum);
+  }
+
+  /**
+   * Reports that `count` bytes received were written to the start of what
+   * {@linkcode Protocol.prototype.receiveBuffer} returned, and handles the
+   * frame if that completed it.
+   *
+   * @example
+   * ```ts
+   * import { ServerProtocol } from "@denows/websockets/protocol";
+   * const server = new ServerProtocol();
+   * console.log(server.receiveBuffer(1)); // undefined: no frame is being read
+   * ```
+   */
+  receiveInto(count: number): void {
+    if (this.eofReceived) throw new InvalidState("cannot receive data after the end of the stream");
+    if (this.#discarding) return;
+    this.reader!.payloadReceived(count);
+    this.#parseFrames();
+  }
+
+  #parseFrames(): void {
     const reader = this.reader!;
-    reader.feed(data);
     try {
       while (!this.#discarding) {
         reader.maxSize = this.maxSize - this.#recvSize;

@@ -510,6 +510,38 @@ Deno.test("connection: raising maxSize accepts 10 MiB messages both ways", async
 
 // ---- maxQueue and writeLimit: backpressure
 
+Deno.test("connection: large frames trickling in, cut anywhere, arrive whole and in order", async () => {
+  // The rest of a large payload is read straight into the message's buffer: cut the frames
+  // mid-header, mid-payload and just after a payload, with pauses so that reads return less.
+  const messages = [randomBytes(1_000_000, 3), randomBytes(20_000, 4), randomBytes(100, 5)];
+  const wire = new Uint8Array(messages.reduce((sum, data) => sum + data.length + 14, 0));
+  let length = 0;
+  for (const data of messages) {
+    const frame = new Frame(Opcode.BINARY, data).serialize({ mask: true });
+    wire.set(frame, length);
+    length += frame.length;
+  }
+  const cuts = [1, 9, 100, 300_000, 1_000_013, 1_000_014, 1_000_020, 1_010_000, length];
+  const { server } = serveLocal(echo, { maxSize: 2_000_000 });
+  const peer = await rawClient(server.port);
+  try {
+    let from = 0;
+    for (const to of cuts) {
+      await peer.write(wire.slice(from, to));
+      from = to;
+      await delay(5);
+    }
+    for (const data of messages) {
+      const frame = await within(peer.readFrame(), 5000, `a ${data.length}-byte echo`);
+      assert.equal(frame?.data.length, data.length);
+      assert.ok(frame.data.every((byte, i) => byte === data[i]), "same bytes");
+    }
+  } finally {
+    peer.close();
+    await server.close();
+  }
+});
+
 Deno.test("connection: maxQueue stops reading so the peer's writes block", async () => {
   const messageSize = 300 * 1024; // more than one read, so each read completes one message at most
   const frame = new Frame(Opcode.BINARY, randomBytes(messageSize)).serialize({ mask: false });

@@ -1071,7 +1071,83 @@ for (const mask of [false, true]) {
     const chunks = Array.from({ length: stream.length }, (_, i) => stream.subarray(i, i + 1));
     assert.deepEqual(readAll(chunks, { mask, allowedRsv: 0x70 }).map(fields), expected);
   });
+
+  Deno.test(`frames: payloads read straight into payloadSpace() give the same frames (${mask ? "masked" : "unmasked"})`, () => {
+    const random = prng(mask ? 7 : 8);
+    const frames = Array.from({ length: 150 }, () => randomFrame(random));
+    const expected = frames.map(fields);
+    for (const minimum of [0, 1, 16384]) {
+      const stream = concat(frames.map((frame) => frame.serialize({ mask })));
+      const reader = new FrameReader({ mask, allowedRsv: 0x70 });
+      const parsed: Frame[] = [];
+      let direct = 0;
+      // As a connection reads: into the frame being read when it offers room, else a new chunk.
+      for (let offset = 0; offset < stream.length;) {
+        const space = reader.payloadSpace(minimum);
+        const size = Math.min(randomInt(random, 1, 100_000), stream.length - offset);
+        if (space !== undefined) {
+          assert.ok(space.length >= minimum);
+          const count = Math.min(size, space.length);
+          space.set(stream.subarray(offset, offset + count));
+          reader.payloadReceived(count);
+          offset += count;
+          direct++;
+        } else {
+          reader.feed(stream.slice(offset, offset + size));
+          offset += size;
+        }
+        for (let frame = reader.next(); frame !== undefined; frame = reader.next()) {
+          parsed.push(frame);
+        }
+      }
+      assert.deepEqual(parsed.map(fields), expected, `minimum ${minimum}`);
+      assert.equal(reader.bufferedAmount, 0);
+      assert.ok(direct > 10, `${direct} direct reads with minimum ${minimum}`);
+    }
+  });
 }
+
+Deno.test("frames: payloadSpace offers room only when every byte fed was parsed and enough is to come", () => {
+  const wire = new Frame(Opcode.BINARY, pattern(40_000)).serialize({ mask: true });
+  const reader = new FrameReader({ mask: true });
+  assert.equal(reader.payloadSpace(0), undefined, "no frame is being read");
+  reader.feed(wire.slice(0, 1000));
+  assert.equal(reader.payloadSpace(0), undefined, "fed, not yet parsed");
+  assert.equal(reader.next(), undefined);
+  assert.equal(reader.payloadSpace(0)!.length, 40_000 - (1000 - 8));
+  assert.equal(reader.payloadSpace(39_009), undefined, "less than the minimum is to come");
+  assert.equal(reader.payloadSpace(39_008)?.length, 39_008);
+  reader.feed(wire.slice(1000, 2000));
+  assert.equal(reader.payloadSpace(0), undefined, "a chunk is waiting");
+  assert.equal(reader.next(), undefined);
+  // Bytes written at an odd offset are unmasked with the key rotated to that offset.
+  const space = reader.payloadSpace(0)!;
+  space.set(wire.subarray(2000, 2003));
+  reader.payloadReceived(3);
+  assert.equal(reader.bufferedAmount, 2003);
+  reader.payloadSpace(0)!.set(wire.subarray(2003));
+  reader.payloadReceived(wire.length - 2003);
+  assert.equal(reader.payloadSpace(0), undefined, "nothing more is to come");
+  assert.deepEqual(reader.next()!.data, pattern(40_000));
+  assert.equal(reader.bufferedAmount, 0);
+});
+
+Deno.test("frames: payloadReceived refuses counts that don't fit the frame being read", () => {
+  const reader = new FrameReader({ mask: false });
+  assert.throws(() => reader.payloadReceived(1), {
+    name: "RangeError",
+    message: "no frame is being read",
+  });
+  reader.feed(bytes(0x82, 126, 0x01, 0x00, 1, 2)); // 256 bytes declared, 2 came
+  assert.equal(reader.next(), undefined);
+  assert.throws(() => reader.payloadReceived(255), {
+    name: "RangeError",
+    message: "255 bytes received, but the frame lacks only 254",
+  });
+  assert.throws(() => reader.payloadReceived(-1), RangeError);
+  reader.payloadReceived(0);
+  assert.equal(reader.bufferedAmount, 6);
+});
 
 // ---- applyMask ----
 

@@ -455,6 +455,90 @@ Deno.test("protocol: server receives an empty text and an empty binary message",
   ]);
 });
 
+/**
+ * Feeds `wire` as a connection does when it reads large payloads directly: the first `head`
+ * bytes as a chunk, then into receiveBuffer() in pieces of at most `piece` bytes while it offers
+ * room, the rest as chunks. Returns how many bytes went in directly.
+ */
+function receiveDirectly(
+  protocol: Protocol,
+  wire: Uint8Array,
+  head: number,
+  piece: number,
+): number {
+  protocol.receiveData(wire.slice(0, head));
+  let offset = head;
+  let direct = 0;
+  while (offset < wire.length) {
+    const space = protocol.receiveBuffer(16384);
+    if (space === undefined) {
+      protocol.receiveData(wire.slice(offset, offset + piece));
+      offset += Math.min(piece, wire.length - offset);
+      continue;
+    }
+    const count = Math.min(space.length, piece, wire.length - offset);
+    space.set(wire.subarray(offset, offset + count));
+    protocol.receiveInto(count);
+    offset += count;
+    direct += count;
+  }
+  return direct;
+}
+
+Deno.test("protocol: a large payload read into receiveBuffer() makes the same messages as fed bytes", () => {
+  const server = openServer();
+  const big = "é".repeat(50_000); // 100 000 bytes of UTF-8
+  const wire = concat(masked(text(big)), masked(binary(new Uint8Array(20_000).fill(9))));
+  // 50 001 puts the cut inside a code point.
+  const direct = receiveDirectly(server, wire, 50_001, 30_000);
+  // The rest of the first frame (14-byte header) went in directly; the second came in one chunk.
+  assert.equal(direct, 100_014 - 50_001);
+  assert.deepEqual(server.eventsReceived(), [
+    { type: "message", data: big },
+    { type: "message", data: new Uint8Array(20_000).fill(9) },
+  ]);
+});
+
+Deno.test("protocol: a large payload read into receiveBuffer() goes through the extensions", () => {
+  const { client, server } = openPairWithFlip();
+  client.sendBinary(new Uint8Array(70_000).fill(3));
+  const [wire] = client.dataToSend();
+  receiveDirectly(server, wire, 100, 10_000);
+  assert.deepEqual(server.eventsReceived(), [
+    { type: "message", data: new Uint8Array(70_000).fill(3) },
+  ]);
+});
+
+Deno.test("protocol: invalid UTF-8 read into receiveBuffer() fails with 1007", () => {
+  const server = openServer();
+  const payload = new Uint8Array(40_000).fill(0x61);
+  payload[30_000] = 0xff;
+  receiveDirectly(server, masked(new Frame(Opcode.TEXT, payload)), 10, 40_000);
+  assertFailed(server, 1007, "invalid UTF-8 in text message", ProtocolError);
+});
+
+Deno.test("protocol: receiveBuffer() offers room only while a frame's payload is being read", () => {
+  const { client } = startClient();
+  assert.equal(client.receiveBuffer(0), undefined, "connecting");
+  const server = openServer();
+  assert.equal(server.receiveBuffer(0), undefined, "no frame is being read");
+  const wire = masked(binary(new Uint8Array(20_000)));
+  server.receiveData(wire.slice(0, 10));
+  assert.equal(server.receiveBuffer(0)!.length, 20_000 - 2);
+  assert.equal(server.receiveBuffer(20_000), undefined, "less than asked is to come");
+  server.failConnection(1011, "keepalive ping timeout");
+  assert.equal(server.receiveBuffer(0), undefined, "after a failure");
+  server.receiveInto(5); // ignored, like bytes fed after a failure
+  server.receiveData(wire.slice(10));
+  assert.deepEqual(server.eventsReceived(), []);
+  server.receiveEof();
+  assert.equal(server.receiveBuffer(0), undefined, "after the end of the stream");
+  assertInvalidState(
+    () => server.receiveInto(1),
+    "cannot receive data after the end of the stream",
+  );
+});
+
 Deno.test("protocol: server reassembles a fragmented text message", () => {
   const server = openServer();
   feed(server, text("hello ", false));
