@@ -443,6 +443,7 @@ function scenarios(): Scenario[] {
     broadcast("broadcast-10k", "broadcast 32 B to 10 000", 10000, 32, 4),
     broadcast("broadcast-4k", "broadcast 4 KiB to 1 000", 1000, 4096, 32),
     idle("idle-1k", "memory per idle connection at 1 000", 1000),
+    echo("echo-1m", "echo 1 MiB, 4 conns × 4 in flight", 4, 4, 1024 * 1024),
   ].map((s) => ({ ...s, set: "full" }));
   const compressed: Scenario[] = [quick[1], quick[2], quick[3], full[2]].map((s) => ({
     ...s,
