@@ -210,6 +210,67 @@ export function acceptKey(key: string): string {
   return bytesToBase64(sha1(textEncoder.encode(key + GUID)));
 }
 
+// A received fragment is kept as it is (a view of the bytes it arrived in) only if it is this
+// large and covers at least a quarter of its buffer; smaller ones are copied into a shared tail.
+const KEEP_FRAGMENT_FROM = 1024;
+const TAIL_MIN = 1024;
+const TAIL_MAX = 1024 * 1024;
+
+/**
+ * The fragments of a message being received, as bytes. Memory stays proportional to the
+ * message's size however it is fragmented: empty fragments cost nothing, small ones (or small
+ * views of a large read buffer, which would keep the whole buffer) are copied into a tail
+ * buffer rather than kept as one object each, and the tail grows geometrically.
+ */
+class Fragments {
+  readonly parts: Uint8Array[] = [];
+  size = 0;
+  #tail: Uint8Array = EMPTY;
+  #tailUsed = 0;
+
+  add(data: Uint8Array): void {
+    const length = data.length;
+    if (length === 0) return;
+    this.size += length;
+    if (length >= KEEP_FRAGMENT_FROM && length * 4 >= data.buffer.byteLength) {
+      this.#closeTail();
+      this.parts.push(data);
+      return;
+    }
+    if (this.#tailUsed + length > this.#tail.length) {
+      this.#closeTail();
+      this.#tail = new Uint8Array(
+        Math.max(length, Math.min(Math.max(this.size, TAIL_MIN), TAIL_MAX)),
+      );
+    }
+    this.#tail.set(data, this.#tailUsed);
+    this.#tailUsed += length;
+  }
+
+  // Moves the tail's bytes to the parts; what is left of the tail buffer goes on as the tail.
+  #closeTail(): void {
+    const used = this.#tailUsed;
+    if (used === 0) return;
+    this.parts.push(this.#tail.subarray(0, used));
+    this.#tail = this.#tail.subarray(used);
+    this.#tailUsed = 0;
+  }
+
+  /** The message's bytes, in one buffer. */
+  join(): Uint8Array {
+    this.#closeTail();
+    const parts = this.parts;
+    if (parts.length === 1) return parts[0];
+    const bytes = new Uint8Array(this.size);
+    let offset = 0;
+    for (const part of parts) {
+      bytes.set(part, offset);
+      offset += part.length;
+    }
+    return bytes;
+  }
+}
+
 function bytesToBase64(bytes: Uint8Array): string {
   let binary = "";
   for (let i = 0; i < bytes.length; i++) binary += String.fromCharCode(bytes[i]);
@@ -279,7 +340,7 @@ export abstract class Protocol {
   // Incoming fragmented message: its opcode, parts, size, and the text decoder.
   #recvOpcode: Opcode | undefined;
   #recvCompressed = false;
-  #recvParts: (Uint8Array | string)[] = [];
+  #recvFragments: Fragments | undefined;
   #recvSize = 0;
   #recvDecoder: TextDecoder | undefined;
   // Outgoing fragmented message: the opcode of its first frame, if any.
@@ -533,33 +594,23 @@ export abstract class Protocol {
     this.#recvSize = size;
     if (this.#recvOpcode === Opcode.TEXT) {
       // Validated fragment by fragment: invalid text fails where it becomes invalid,
-      // while a code point split across fragments is fine.
+      // while a code point split across fragments is fine. (The text is decoded again,
+      // whole, at the end: strings of many small fragments would cost far more than bytes.)
       const decoder = this.#recvDecoder ??= new TextDecoder("utf-8", { fatal: true });
       try {
-        this.#recvParts.push(decoder.decode(data, { stream: !frame.fin }));
+        decoder.decode(data, { stream: !frame.fin });
       } catch {
         this.#recvDecoder = undefined;
         throw new ProtocolError("invalid UTF-8 in text message", CloseCode.INVALID_DATA);
       }
-    } else {
-      this.#recvParts.push(data);
     }
+    const fragments = this.#recvFragments ??= new Fragments();
+    fragments.add(data);
     if (!frame.fin) return;
-    const parts = this.#recvParts;
-    let message: string | Uint8Array;
-    if (this.#recvOpcode === Opcode.TEXT) {
-      message = (parts as string[]).join("");
-    } else {
-      const bytes = new Uint8Array(size);
-      let offset = 0;
-      for (const part of parts as Uint8Array[]) {
-        bytes.set(part, offset);
-        offset += part.length;
-      }
-      message = bytes;
-    }
+    const bytes = fragments.join();
+    const message = this.#recvOpcode === Opcode.TEXT ? textDecoder.decode(bytes) : bytes;
     this.#recvOpcode = undefined;
-    this.#recvParts = [];
+    this.#recvFragments = undefined;
     this.#recvSize = 0;
     this.#events.push({ type: "message", data: message });
   }

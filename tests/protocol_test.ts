@@ -562,6 +562,80 @@ Deno.test("protocol: client reassembles a fragmented binary message", () => {
   ]);
 });
 
+/** `copies` back-to-back copies of `unit`, as one chunk. */
+function repeated(unit: Uint8Array, copies: number, after?: Uint8Array): Uint8Array {
+  const out = new Uint8Array(unit.length * copies + (after?.length ?? 0));
+  for (let i = 0; i < copies; i++) out.set(unit, i * unit.length);
+  if (after !== undefined) out.set(after, unit.length * copies);
+  return out;
+}
+
+Deno.test("protocol: empty and tiny fragments make the right message", () => {
+  const server = openServer();
+  const emptyText = masked(new Frame(Opcode.CONT, new Uint8Array(0), { fin: false }));
+  server.receiveData(concat(
+    // "é" split between the first fragment and the third
+    masked(new Frame(Opcode.TEXT, utf8("é").subarray(0, 1), { fin: false })),
+    repeated(emptyText, 1000),
+    masked(cont(utf8("é").subarray(1), false)),
+    repeated(masked(cont(utf8("ab"), false)), 3000),
+    masked(new Frame(Opcode.PING, utf8("between"))),
+    masked(cont(new Uint8Array(2000).fill(0x7a), false)),
+    repeated(emptyText, 10),
+    masked(cont(utf8("!"))),
+  ));
+  assert.deepEqual(server.eventsReceived(), [
+    { type: "ping", data: utf8("between") },
+    { type: "message", data: "é" + "ab".repeat(3000) + "z".repeat(2000) + "!" },
+  ]);
+  const client = openClient();
+  client.receiveData(concat(
+    unmasked(binary(new Uint8Array([1]), false)),
+    repeated(unmasked(cont(new Uint8Array(0), false)), 500),
+    unmasked(cont(new Uint8Array(5000).fill(2), false)),
+    unmasked(cont(new Uint8Array([3]))),
+  ));
+  const expected = new Uint8Array(5002).fill(2);
+  expected[0] = 1;
+  expected[5001] = 3;
+  assert.deepEqual(client.eventsReceived(), [{ type: "message", data: expected }]);
+});
+
+Deno.test("protocol: two million empty fragments cost no memory", () => {
+  // Kept one object each, they took 250 MB of heap here.
+  const server = openServer();
+  server.receiveData(masked(binary(new Uint8Array([1]), false)));
+  const chunk = repeated(masked(cont(new Uint8Array(0), false)), 10_000);
+  const before = Deno.memoryUsage().heapUsed;
+  for (let i = 0; i < 200; i++) server.receiveData(chunk.slice());
+  const grown = Deno.memoryUsage().heapUsed - before;
+  assert.ok(grown < 50e6, `heap grew by ${(grown / 1e6).toFixed(1)} MB`);
+  server.receiveData(masked(cont(new Uint8Array([2]))));
+  assert.deepEqual(server.eventsReceived(), [{ type: "message", data: new Uint8Array([1, 2]) }]);
+});
+
+Deno.test("protocol: tiny fragments don't keep the chunks they came in", () => {
+  // Kept as views, 2 000 one-byte fragments kept 2 000 chunks of 50 KB of pings alive: 100 MB.
+  const server = openServer();
+  server.receiveData(masked(binary(new Uint8Array([0]), false)));
+  const chunk = repeated(
+    masked(new Frame(Opcode.PING, new Uint8Array(125))),
+    400,
+    masked(cont(new Uint8Array([1]), false)),
+  );
+  const before = Deno.memoryUsage().external;
+  for (let i = 0; i < 2000; i++) {
+    server.receiveData(chunk.slice());
+    server.eventsReceived();
+    server.dataToSend();
+  }
+  const grown = Deno.memoryUsage().external - before;
+  assert.ok(grown < 40e6, `external memory grew by ${(grown / 1e6).toFixed(1)} MB`);
+  server.receiveData(masked(cont(new Uint8Array(0))));
+  const [message] = server.eventsReceived().filter((event) => event.type === "message");
+  assert.deepEqual(message, { type: "message", data: new Uint8Array(2001).fill(1).fill(0, 0, 1) });
+});
+
 Deno.test("protocol: control frames may come between fragments", () => {
   const server = openServer();
   feed(server, text("a", false));
