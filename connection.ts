@@ -375,10 +375,17 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
     return this.messagesQueued >= this.maxQueue;
   }
 
-  /** Resolves once there is room in the message queue. */
+  /** Resolves once there is room in the message queue (or `stopWaitingForQueueSpace()` is called). */
   protected waitForQueueSpace(): Promise<void> {
     if (!this.queueFull || this.#closedResult !== undefined) return Promise.resolve();
     return new Promise((resolve) => (this.#queueSpaceWaiter = resolve));
+  }
+
+  /** Ends a wait of `waitForQueueSpace()` now, room or not. */
+  protected stopWaitingForQueueSpace(): void {
+    const waiter = this.#queueSpaceWaiter;
+    this.#queueSpaceWaiter = undefined;
+    waiter?.();
   }
 
   #takeMessage(): Message {
@@ -522,9 +529,7 @@ export abstract class Connection implements AsyncIterable<Message>, AsyncDisposa
       this.#pings = undefined;
       for (const ping of pings.values()) ping.reject(this.closedError);
     }
-    const waiter = this.#queueSpaceWaiter;
-    this.#queueSpaceWaiter = undefined;
-    waiter?.();
+    this.stopWaitingForQueueSpace();
     if (this.logger !== undefined) {
       this.logger.info(`connection ${this.id} closed: ${this.closedError!.message}`);
     }
@@ -946,6 +951,10 @@ const MIN_REUSE = 1024;
 // it is under MIN_REUSE, so an idle connection then holds a MIN_READ buffer again.
 const HANDSHAKE_READ = 1024;
 const MAX_READ = 256 * 1024;
+// Reading also pauses while more than this many bytes (or 16 × writeLimit, if more) wait to be
+// written, e.g. pongs for a peer that sends pings and doesn't read, and resumes once they are
+// under writeLimit: the kernel then pushes back on the peer.
+const READ_PAUSE_OUTPUT = 1024 * 1024;
 // When this much or more of a frame's payload is still to come, it is read straight into the
 // frame's buffer rather than into a read buffer and copied from there.
 const DIRECT_READ_FROM = 16 * 1024;
@@ -999,6 +1008,9 @@ export class StreamConnection extends Connection {
   #transportClosed = false;
   #readSize = HANDSHAKE_READ;
   #slab: Uint8Array = new Uint8Array(0);
+  readonly #readPauseOutput: number;
+  // Resumes reading paused by #outputDrained().
+  #resumeReading: (() => void) | undefined;
   #closeTimer: ReturnType<typeof setTimeout> | undefined;
   #readLoop: Promise<void> | undefined;
   #handshakeSettled = false;
@@ -1011,6 +1023,7 @@ export class StreamConnection extends Connection {
   constructor(protocol: Protocol, transport: Transport, options: StreamConnectionOptions = {}) {
     super({ ...options, maxSize: protocol.maxSize });
     this.protocol = protocol;
+    this.#readPauseOutput = Math.max(READ_PAUSE_OUTPUT, 16 * this.writeLimit);
     this.transport = transport;
     this.#onHandshake = options.onHandshake;
     this.#closeAtOnce = options.closeAtOnce ?? false;
@@ -1367,6 +1380,23 @@ export class StreamConnection extends Connection {
     return new Promise((resolve) => (this.#writeIdle = resolve));
   }
 
+  // Resolves once the output is under writeLimit, the connection stops being open or the
+  // transport closed (see #releaseReading()).
+  #outputDrained(): Promise<void> {
+    return new Promise((resolve) => {
+      this.#resumeReading = resolve;
+      (this.#drainWaiters ??= []).push({ resolve, reject: () => resolve() });
+    });
+  }
+
+  // Ends a pause of the read loop: the connection is closing, nothing it reads adds up now.
+  #releaseReading(): void {
+    this.stopWaitingForQueueSpace();
+    const resume = this.#resumeReading;
+    this.#resumeReading = undefined;
+    resume?.();
+  }
+
   #notifyDrain(): void {
     const waiters = this.#drainWaiters;
     if (waiters === undefined || this.bufferedAmount > this.writeLimit) return;
@@ -1414,6 +1444,7 @@ export class StreamConnection extends Connection {
     } catch {
       // already closed
     }
+    this.#releaseReading();
     this.#onAbort?.();
   }
 
@@ -1446,7 +1477,13 @@ export class StreamConnection extends Connection {
     let error: Error | undefined;
     try {
       while (!protocol.eofReceived && !this.#transportClosed) {
-        if (this.queueFull) await this.waitForQueueSpace();
+        // Reading pauses only while open: once closing, nothing read is queued or answered.
+        while (protocol.state === State.OPEN && !this.#transportClosed) {
+          if (this.queueFull) await this.waitForQueueSpace();
+          else if (this.bufferedAmount > this.#readPauseOutput) await this.#outputDrained();
+          else break;
+        }
+        if (this.#transportClosed) break;
         let chunk: Uint8Array | null;
         // Set when the read goes straight into the payload of a large frame.
         let into: Uint8Array | undefined;
@@ -1634,6 +1671,7 @@ export class StreamConnection extends Connection {
       this.protocol.failConnection(code, reason);
       this.flushSoon();
       this.#startCloseTimer();
+      this.#releaseReading();
     }
   }
 
@@ -1651,6 +1689,7 @@ export class StreamConnection extends Connection {
       }
       this.flushSoon();
       this.#startCloseTimer();
+      this.#releaseReading();
     }
     await this.closed;
   }

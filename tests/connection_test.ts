@@ -590,6 +590,51 @@ Deno.test("connection: maxQueue stops reading so the peer's writes block", async
   }
 });
 
+Deno.test("connection: pings from a peer that doesn't read stop being read once 1 MiB of pongs waits", async () => {
+  const { server } = serveLocal(echo, { pingInterval: null });
+  const peer = await rawClient(server.port);
+  try {
+    // 1 MiB of 125-byte pings per write; the peer never reads the pongs.
+    const ping = new Frame(Opcode.PING, new Uint8Array(125)).serialize({ mask: true });
+    const chunk = new Uint8Array(ping.length * 8000);
+    for (let i = 0; i < 8000; i++) chunk.set(ping, i * ping.length);
+    let sent = 0;
+    while (sent < 200) {
+      if (await pendingAfter(peer.write(chunk), 1000)) break;
+      sent++;
+    }
+    // Without the pause the server read on and queued every pong: 200 MiB.
+    assert.ok(sent < 64, `the server read ${sent} MiB of pings`);
+    const [connection] = server.connections;
+    assert.ok(connection.bufferedAmount < 2 * 1024 * 1024, `${connection.bufferedAmount} queued`);
+    assert.equal(connection.state, State.OPEN);
+  } finally {
+    peer.close();
+    await within(server.close(), 15_000, "server close");
+  }
+});
+
+Deno.test("connection: close() ends while reading is paused on a full queue", async () => {
+  // The handler never reads: once maxQueue messages wait, reading pauses. Closing must read on
+  // (the client's close frame) and end within closeTimeout either way.
+  const closed = deferred<number>();
+  const { server, uri } = serveLocal(async (ws) => {
+    await delay(300);
+    const start = performance.now();
+    await ws.close(1000, "bye");
+    closed.resolve(performance.now() - start);
+  }, { maxQueue: 2, closeTimeout: 2000 });
+  const ws = await connect(uri);
+  try {
+    for (let i = 0; i < 20; i++) ws.send(`message ${i}`);
+    const took = await within(closed.promise, 5000, "server close()");
+    assert.ok(took < 1500, `close() took ${took} ms`);
+    assert.equal((await within(ws.closed, 5000, "client closed")).code, 1000);
+  } finally {
+    await within(server.close(), 5000, "server.close()");
+  }
+});
+
 Deno.test("connection: send() waits while the buffer is over writeLimit and the peer doesn't read", async () => {
   const startReading = deferred();
   const raw = new RawServer(async (peer) => {
