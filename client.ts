@@ -297,7 +297,9 @@ export class Connect implements PromiseLike<StreamConnection>, AsyncIterable<Str
    * Yields a new connection each time the previous one is done with,
    * retrying transient failures (refused, reset, timeouts, 5xx) with
    * exponential backoff and jitter; stops on other errors (e.g. 4xx) and
-   * when `signal` aborts.
+   * when `signal` aborts. A connection is closed (normally, 1000) when the
+   * loop's body is done with it: when the next one is asked for, and when the
+   * loop ends by `break`, `return` or an exception.
    */
   async *[Symbol.asyncIterator](): AsyncGenerator<StreamConnection, void, undefined> {
     const backoff = this.options.backoff ?? {};
@@ -323,7 +325,13 @@ export class Connect implements PromiseLike<StreamConnection>, AsyncIterable<Str
         continue;
       }
       delay = initialDelay;
-      yield connection;
+      try {
+        yield connection;
+      } finally {
+        // The loop's body is done with it (went on, broke out or threw): close it, so that
+        // connections don't pile up open.
+        await connection.close();
+      }
     }
   }
 }

@@ -11,7 +11,8 @@ import {
   InvalidURI,
   SecurityError,
 } from "../errors.ts";
-import type { Logger } from "../protocol.ts";
+import type { StreamConnection } from "../connection.ts";
+import { type Logger, State } from "../protocol.ts";
 import { basicAuth } from "../server.ts";
 import {
   delay,
@@ -479,6 +480,38 @@ Deno.test("client: the reconnection loop reconnects after the server drops the c
       ["connection 1", "connection 2", "connection 3"],
       [1006, 1006, 1006],
     ]);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("client: the reconnection loop closes each connection once the body is done with it", async () => {
+  const closes: number[] = [];
+  const { server, uri } = serveLocal(async (ws) => {
+    await ws.send("hi");
+    closes.push((await ws.closed).code);
+  });
+  try {
+    const seen: StreamConnection[] = [];
+    for await (const ws of connect(uri, { backoff: { initialDelay: 20 } })) {
+      assert.equal(await ws.recv(), "hi");
+      // The previous one was closed (normally) before this one was opened.
+      assert.deepEqual(seen.map((previous) => previous.state), seen.map(() => State.CLOSED));
+      seen.push(ws);
+      if (seen.length === 3) break;
+    }
+    assert.equal((await within(seen[2].closed, 2000, "closed after break")).code, 1000);
+    assert.equal(server.connections.size, 0);
+    assert.deepEqual(closes, [1000, 1000, 1000]);
+    // Leaving by an exception closes it too.
+    let thrown: StreamConnection | undefined;
+    await assert.rejects(async () => {
+      for await (const ws of connect(uri)) {
+        thrown = ws;
+        throw new Error("body failed");
+      }
+    }, { message: "body failed" });
+    assert.equal(thrown?.state, State.CLOSED);
   } finally {
     await server.close();
   }
