@@ -1523,6 +1523,9 @@ export class StreamConnection extends Connection {
           await handshakeEvent;
           handshakeEvent = this.#processEvents();
         }
+        // A handshake message that can't be parsed fails the handshake now, not once the
+        // peer closes the connection (the response to a client may never end).
+        if (protocol.handshakeError !== undefined) this.#settleHandshake(protocol.handshakeError);
         if (protocol.outputLength !== 0 || protocol.eofSent) this.flushSoon();
         if (protocol.closeExpected()) this.#startCloseTimer();
         // Nothing follows a client's close frame (RFC 6455 §5.5.1): a server that closes the

@@ -7,6 +7,7 @@ import {
   HandshakeTimeout,
   InvalidHandshake,
   InvalidHeaderValue,
+  InvalidMessage,
   InvalidStatus,
   InvalidURI,
   SecurityError,
@@ -15,6 +16,7 @@ import type { StreamConnection } from "../connection.ts";
 import { type Logger, State } from "../protocol.ts";
 import { basicAuth } from "../server.ts";
 import {
+  deferred,
   delay,
   echo,
   freePort,
@@ -146,6 +148,35 @@ Deno.test("client: a response with too many headers throws SecurityError", async
     assert.equal(error.message, "too many HTTP headers: limit is 128");
   } finally {
     await raw.close();
+  }
+});
+
+Deno.test("client: a malformed response fails at once, even if the server keeps the connection open", async () => {
+  for (
+    const [response, message] of [
+      ["HTTP/1.0 200 OK\r\n\r\n", "unsupported HTTP version; expected HTTP/1.1: HTTP/1.0 200 OK"],
+      [
+        "HTTP/1.1 101 Switching Protocols\r\nX-Folded: a\r\n b\r\n\r\n",
+        "obsolete line folding in HTTP headers:  b",
+      ],
+    ]
+  ) {
+    const done = deferred();
+    const raw = new RawServer(async (peer) => {
+      await peer.readHead();
+      await peer.write(response);
+      await done.promise; // neither reads nor closes
+    });
+    try {
+      const start = performance.now();
+      const error = await rejection(connect(raw.uri()));
+      assert.ok(error instanceof InvalidMessage, `${error}`);
+      assert.equal(error.message, message);
+      assert.ok(performance.now() - start < 2000, "not after openTimeout or closeTimeout");
+    } finally {
+      done.resolve();
+      await raw.close();
+    }
   }
 });
 
