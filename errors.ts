@@ -441,8 +441,9 @@ export class ProtocolError extends WebSocketError {
 }
 
 /**
- * Raised when a message exceeds `maxSize` (close code 1009). The message says
- * how big it was, or at least became, and the limit.
+ * Raised when a message exceeds `maxSize` (close code 1009), or when a frame
+ * announces more bytes than can be allocated at all (`maxSize: Infinity`).
+ * The message says how big it was, or at least became, and the limit.
  *
  * @example
  * ```ts
@@ -456,9 +457,12 @@ export class PayloadTooBig extends WebSocketError {
   readonly size: number;
   /** The limit that applied, in bytes. */
   readonly maxSize: number;
-  /** Creates the error from the size reached and the limit. */
-  constructor(size: number, maxSize: number) {
-    super(`message too big: ${size} bytes exceeds maxSize of ${maxSize} bytes`);
+  /**
+   * Creates the error from the size reached and the limit; `why`, if given,
+   * replaces "exceeds maxSize of … bytes" in the message.
+   */
+  constructor(size: number, maxSize: number, why?: string) {
+    super(`message too big: ${size} bytes ${why ?? `exceeds maxSize of ${maxSize} bytes`}`);
     this.size = size;
     this.maxSize = maxSize;
   }

@@ -910,9 +910,13 @@ export class FrameReader {
     // so that chunks whose lengths are multiples of 8 are unmasked while
     // copied, a word at a time.
     const phase = key === 0 ? 0 : (buffer.byteOffset + position) & 7;
-    const data = phase === 0
-      ? new Uint8Array(length)
-      : new Uint8Array(length + phase).subarray(phase);
+    let data: Uint8Array;
+    try {
+      data = phase === 0 ? new Uint8Array(length) : new Uint8Array(length + phase).subarray(phase);
+    } catch {
+      // Only without a limit (maxSize: Infinity) can a length be too big to allocate.
+      throw new PayloadTooBig(length, this.maxSize, "is more than can be allocated");
+    }
     this.#position = position;
     this.#partial = new Frame(opcode, data, options);
     this.#partialHeaderLength = headerLength;

@@ -552,6 +552,23 @@ Deno.test("frames: FrameReader rejects a 2^40-byte length over maxSize from the 
   assert.equal(reader.bufferedAmount, 14);
 });
 
+Deno.test("frames: without maxSize, a length too big to allocate is PayloadTooBig, not a RangeError", () => {
+  for (const high of [0x40, 0x01]) { // 2^62 (no typed array that long) and 2^56 (no such memory)
+    const reader = new FrameReader({ mask: false });
+    reader.feed(bytes(0x82, 0x7f, high, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3));
+    assert.throws(() => reader.next(), (error: unknown) => {
+      assert.ok(error instanceof PayloadTooBig);
+      const size = high * 2 ** 56;
+      assert.deepEqual([error.message, error.size, error.maxSize], [
+        `message too big: ${size} bytes is more than can be allocated`,
+        size,
+        Infinity,
+      ]);
+      return true;
+    });
+  }
+});
+
 Deno.test("frames: FrameReader rejects a 16-bit length over maxSize before the payload arrives", () => {
   assertPayloadTooBig(
     () => readOne(bytes(0x82, 0x7e, 0x01, 0x00), { mask: false, maxSize: 255 }),

@@ -818,6 +818,17 @@ Deno.test("protocol: server fails with 1009 on a frame over maxSize", () => {
   );
 });
 
+Deno.test("protocol: with maxSize Infinity, a length too big to allocate fails with 1009", () => {
+  const client = openClient({ maxSize: Infinity });
+  client.receiveData(new Uint8Array([0x82, 0x7f, 0x40, 0, 0, 0, 0, 0, 0, 0, 1, 2])); // 2^62 bytes
+  assertFailed(
+    client,
+    1009,
+    `message too big: ${2 ** 62} bytes is more than can be allocated`,
+    PayloadTooBig,
+  );
+});
+
 Deno.test("protocol: fragments fail with 1009 at the fragment that crosses maxSize", () => {
   const client = openClient({ maxSize: 10 });
   feed(client, binary(new Uint8Array(6), false));
