@@ -2,7 +2,8 @@
  * An echo client: sends every line read from stdin as a Text message and
  * prints every message received, one per line (Binary messages as
  * `<N bytes: hex>`). At the end of stdin it waits for the replies to the
- * lines sent, closes the connection cleanly (1000) and exits.
+ * lines sent, closes the connection cleanly (1000) and exits; when the
+ * server closes the connection first, it exits at once.
  *
  * ```sh
  * printf 'hello\nworld\n' | deno run -A examples/echo_client.ts ws://127.0.0.1:9001/
@@ -64,9 +65,14 @@ const printing = (async () => {
 })();
 printing.catch(() => {}); // handled below
 
+// Sends stdin's lines until it ends or the connection closes (the server may close first).
+const input = lines(Deno.stdin.readable);
+const closed = ws.closed.then(() => undefined);
 try {
-  for await (const line of lines(Deno.stdin.readable)) {
-    await ws.send(line);
+  for (;;) {
+    const next = await Promise.race([input.next(), closed]);
+    if (next === undefined || next.done) break;
+    await ws.send(next.value);
     sent++;
   }
   // Replies still in flight would be lost if we closed now.
@@ -83,3 +89,5 @@ try {
   console.error(`connection closed: ${(error as Error).message}`);
   Deno.exit(1);
 }
+// A read of stdin may still be pending: exit rather than wait for it.
+Deno.exit(0);

@@ -711,6 +711,39 @@ Deno.test("server: the echo examples echo stdin lines, honour the flags and stop
   }
 });
 
+Deno.test("server: the echo client exits as soon as the server closes, stdin still open", async () => {
+  for (const [code, exitCode] of [[1000, 0], [1011, 1]]) {
+    const { server, uri } = serveLocal(async (ws) => {
+      await ws.send("m1");
+      await ws.close(code, "going away now");
+    });
+    const client = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", `${EXAMPLES}echo_client.ts`, uri],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const writer = client.stdin.getWriter();
+    try {
+      await writer.write(new TextEncoder().encode("a line\n")); // and stdin stays open
+      const result = await within(client.output(), 5000, `echo client after close ${code}`);
+      const stderr = new TextDecoder().decode(result.stderr);
+      assert.equal(result.code, exitCode, stderr);
+      assert.ok(new TextDecoder().decode(result.stdout).startsWith("m1\n"));
+      if (code !== 1000) assert.match(stderr, /^connection closed: .*1011.*going away now/);
+    } finally {
+      try {
+        client.kill("SIGKILL");
+      } catch {
+        // already exited
+      }
+      await writer.close().catch(() => {});
+      await client.status;
+      await server.close();
+    }
+  }
+});
+
 Deno.test("server: send() waits for a client that doesn't read, and close() still ends within closeTimeout", async () => {
   const waited = deferred<number>();
   const sendError = deferred<unknown>();
