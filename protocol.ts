@@ -1305,6 +1305,12 @@ export class ServerProtocol extends Protocol {
     if (!upgrade.some((value) => value.toLowerCase() === "websocket")) {
       throw new InvalidUpgrade("Upgrade", upgrade.length ? upgrade.join(", ") : undefined);
     }
+    // RFC 6455 §4.2.1 (and RFC 7230 §5.4): exactly one Host header.
+    const hosts = headers.getAll("Host");
+    if (hosts.length === 0) throw new InvalidHeader("Host");
+    if (hosts.length > 1) {
+      throw new InvalidHeader("Host", hosts.join(", "), "more than one Host header found");
+    }
     const keys = headers.getAll("Sec-WebSocket-Key");
     if (keys.length === 0) throw new InvalidHeader("Sec-WebSocket-Key");
     if (keys.length > 1) {

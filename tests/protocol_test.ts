@@ -2048,6 +2048,18 @@ Deno.test("protocol: server answers 426 with Upgrade: websocket on a bad Connect
   }
 });
 
+Deno.test("protocol: server answers 400 on a missing or duplicate Host (RFC 6455 §4.2.1)", () => {
+  const cases: [string[] | null, string][] = [
+    [null, "missing Host header"],
+    [["a.example", "b.example"], "more than one Host header found"],
+  ];
+  for (const [host, message] of cases) {
+    const response = new ServerProtocol().accept(handshakeRequest({ Host: host }));
+    assertRejected(response, 400, InvalidHeader);
+    assert.equal(response.exception?.message, message);
+  }
+});
+
 Deno.test("protocol: server answers 400 on a missing, duplicate or malformed key", () => {
   const cases: [string | string[] | null, typeof InvalidHeader][] = [
     [null, InvalidHeader],
