@@ -1485,21 +1485,18 @@ export class StreamConnection extends Connection {
         }
         if (this.#transportClosed) break;
         let chunk: Uint8Array | null;
-        // Set when the read goes straight into the payload of a large frame.
-        let into: Uint8Array | undefined;
+        // Set when the read went straight into the payload of a large frame: the bytes it brought.
+        let direct: number | undefined;
         try {
           // (Not an async helper: one suspended function per idle connection is enough.)
           if (this.transport.readChunk !== undefined) {
             chunk = await this.transport.readChunk();
           } else {
-            into = protocol.receiveBuffer(DIRECT_READ_FROM);
+            const into = protocol.receiveBuffer(DIRECT_READ_FROM);
             const slab = into ?? this.#readBuffer();
             const count = await this.transport.read(slab);
-            chunk = count === null
-              ? null
-              : into === undefined
-              ? this.#readDone(slab, count)
-              : slab.subarray(0, count);
+            if (count !== null && into !== undefined) direct = count;
+            chunk = count === null ? null : into ?? this.#readDone(slab, count);
           }
         } catch (readError) {
           if (this.#transportClosed) break;
@@ -1511,8 +1508,8 @@ export class StreamConnection extends Connection {
         }
         if (chunk === null) {
           protocol.receiveEof();
-        } else if (into !== undefined) {
-          protocol.receiveInto(chunk.length);
+        } else if (direct !== undefined) {
+          protocol.receiveInto(direct);
         } else {
           protocol.receiveData(chunk);
         }

@@ -767,8 +767,7 @@ export class FrameReader {
    * without passing through a chunk: the unfilled end of the buffer of the
    * frame being read, when every byte fed so far was parsed and at least
    * `minimum` (and at least one) payload bytes are still to come; otherwise
-   * `undefined`. Write
-   * the bytes received to its start and report them with
+   * `undefined`. Write the bytes received to its start and report them with
    * {@linkcode FrameReader.prototype.payloadReceived}; `next()` returns the
    * frame once it is full. (A masked payload is unmasked as reported.)
    *

@@ -223,7 +223,7 @@ const TAIL_MAX = 1024 * 1024;
  * buffer rather than kept as one object each, and the tail grows geometrically.
  */
 class Fragments {
-  readonly parts: Uint8Array[] = [];
+  readonly #parts: Uint8Array[] = [];
   size = 0;
   #tail: Uint8Array = EMPTY;
   #tailUsed = 0;
@@ -234,7 +234,7 @@ class Fragments {
     this.size += length;
     if (length >= KEEP_FRAGMENT_FROM && length * 4 >= data.buffer.byteLength) {
       this.#closeTail();
-      this.parts.push(data);
+      this.#parts.push(data);
       return;
     }
     if (this.#tailUsed + length > this.#tail.length) {
@@ -251,7 +251,7 @@ class Fragments {
   #closeTail(): void {
     const used = this.#tailUsed;
     if (used === 0) return;
-    this.parts.push(this.#tail.subarray(0, used));
+    this.#parts.push(this.#tail.subarray(0, used));
     this.#tail = this.#tail.subarray(used);
     this.#tailUsed = 0;
   }
@@ -259,7 +259,7 @@ class Fragments {
   /** The message's bytes, in one buffer. */
   join(): Uint8Array {
     this.#closeTail();
-    const parts = this.parts;
+    const parts = this.#parts;
     if (parts.length === 1) return parts[0];
     const bytes = new Uint8Array(this.size);
     let offset = 0;
@@ -337,11 +337,10 @@ export abstract class Protocol {
   #events: ProtocolEvent[] = [];
   #output: Uint8Array[] = [];
   #outputLength = 0;
-  // Incoming fragmented message: its opcode, parts, size, and the text decoder.
+  // Incoming fragmented message: its opcode, its bytes so far, and the text decoder.
   #recvOpcode: Opcode | undefined;
   #recvCompressed = false;
   #recvFragments: Fragments | undefined;
-  #recvSize = 0;
   #recvDecoder: TextDecoder | undefined;
   // Outgoing fragmented message: the opcode of its first frame, if any.
   #sendOpcode: Opcode | undefined;
@@ -353,6 +352,11 @@ export abstract class Protocol {
     this.maxSize = options.maxSize ?? DEFAULT_MAX_SIZE;
     this.logger = options.logger;
     this.httpLimits = options.httpLimits;
+  }
+
+  // Bytes of the fragmented message being received so far.
+  get #recvSize(): number {
+    return this.#recvFragments?.size ?? 0;
   }
 
   /** The current state. */
@@ -591,7 +595,6 @@ export abstract class Protocol {
       return;
     }
     if (opcode !== Opcode.CONT) this.#recvOpcode = opcode;
-    this.#recvSize = size;
     if (this.#recvOpcode === Opcode.TEXT) {
       // Validated fragment by fragment: invalid text fails where it becomes invalid,
       // while a code point split across fragments is fine. (The text is decoded again,
@@ -611,7 +614,6 @@ export abstract class Protocol {
     const message = this.#recvOpcode === Opcode.TEXT ? textDecoder.decode(bytes) : bytes;
     this.#recvOpcode = undefined;
     this.#recvFragments = undefined;
-    this.#recvSize = 0;
     this.#events.push({ type: "message", data: message });
   }
 
