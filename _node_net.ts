@@ -21,7 +21,7 @@
 import { isIP, type Server as NetServer, type Socket } from "node:net";
 import { createServer } from "node:net";
 import process from "node:process";
-import type { Transport } from "./connection.ts";
+import type { Transport } from "./transport.ts";
 
 const kTransport = Symbol("transport");
 type TransportSocket = Socket & { [kTransport]?: SocketTransport };

@@ -15,13 +15,9 @@
  * @module
  */
 
-import {
-  type BinaryData,
-  type Connection,
-  isBytes,
-  type SharedFrames,
-  toBytes,
-} from "./connection.ts";
+import { type BinaryData, isBytes, toBytes } from "./_bytes.ts";
+import type { SharedFrames } from "./_shared_frames.ts";
+import type { Connection } from "./abstract_connection.ts";
 import { ConcurrencyError } from "./errors.ts";
 import { State } from "./protocol.ts";
 

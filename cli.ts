@@ -28,7 +28,7 @@
 
 import { parseArgs } from "node:util";
 import { connect, type ConnectOptions } from "./client.ts";
-import type { StreamConnection } from "./connection.ts";
+import type { StreamConnection } from "./stream_connection.ts";
 import {
   ConnectionClosed,
   ConnectionClosedOK,

@@ -15,13 +15,9 @@
  * @module
  */
 
-import {
-  type ConnectionOptions,
-  DEFAULTS,
-  PRODUCT,
-  StreamConnection,
-  type Transport,
-} from "./connection.ts";
+import { type ConnectionOptions, DEFAULTS, PRODUCT } from "./abstract_connection.ts";
+import { StreamConnection } from "./stream_connection.ts";
+import type { Transport } from "./transport.ts";
 import {
   HandshakeTimeout,
   InvalidHandshake,

@@ -30,15 +30,8 @@
  * @module
  */
 
-import {
-  Connection,
-  DEFAULTS,
-  type Logger,
-  type Sendable,
-  type SendOptions,
-  type SharedFrames,
-  State,
-} from "./connection.ts";
+import type { SharedFrames } from "./_shared_frames.ts";
+import { Connection, DEFAULTS, type Sendable, type SendOptions } from "./abstract_connection.ts";
 import {
   ConnectionClosed,
   ConnectionClosedError,
@@ -53,7 +46,13 @@ import type { EncodeOptions, Extension } from "./extensions.ts";
 import { Close, CloseCode } from "./frames.ts";
 import { Headers } from "./headers.ts";
 import { Request, Response } from "./http11.ts";
-import { type OriginPattern, type SelectSubprotocol, ServerProtocol } from "./protocol.ts";
+import {
+  type Logger,
+  type OriginPattern,
+  type SelectSubprotocol,
+  ServerProtocol,
+  State,
+} from "./protocol.ts";
 
 /**
  * Options of {@linkcode accept}: the handshake rules and the limits that

@@ -18,6 +18,7 @@
  * @module
  */
 
+import { allocate } from "./_bytes.ts";
 import { PayloadTooBig, ProtocolError } from "./errors.ts";
 
 /**
@@ -400,31 +401,6 @@ export function serializeInto(
     out.set(data, start);
   }
   return start + length;
-}
-
-// Small serialized frames are views of a shared slab: allocating a typed
-// array costs far more than a small frame's header and payload. Each view
-// owns its bytes for good (the slab is never rewritten), and a new slab is
-// zero-filled like any new buffer.
-const SLAB_SIZE = 16384;
-const SLAB_MAX = 1024;
-let slab = new Uint8Array(SLAB_SIZE);
-let slabOffset = 0;
-
-/** New zero-filled bytes whose `byteOffset` is `phase` (0 to 7) modulo 8. */
-function allocate(length: number, phase: number): Uint8Array {
-  if (length > SLAB_MAX) {
-    return phase === 0 ? new Uint8Array(length) : new Uint8Array(length + phase).subarray(phase);
-  }
-  // (A slab whose buffer was transferred away has length 0: replaced too.)
-  if (slabOffset + phase + length > slab.length) {
-    slab = new Uint8Array(SLAB_SIZE);
-    slabOffset = 0;
-  }
-  const start = slabOffset + phase;
-  // The next view starts on an 8-byte boundary.
-  slabOffset = (start + length + 7) & ~7;
-  return slab.subarray(start, start + length);
 }
 
 // Masking keys come from a pool filled 1 024 keys at a time, so that masking

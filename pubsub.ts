@@ -41,7 +41,8 @@
  */
 
 import { broadcast, type SlowConnectionPolicy } from "./broadcast.ts";
-import { type BinaryData, type Connection, isBytes, toBytes } from "./connection.ts";
+import { type BinaryData, isBytes, toBytes } from "./_bytes.ts";
+import type { Connection } from "./abstract_connection.ts";
 import { ConcurrencyError, InvalidState, WebSocketError } from "./errors.ts";
 
 // ---------------------------------------------------------------- errors

@@ -16,14 +16,9 @@
  * @module
  */
 
-import {
-  type ConnectionOptions,
-  DEFAULTS,
-  PRODUCT,
-  StreamConnection,
-  type StreamConnectionOptions,
-  type Transport,
-} from "./connection.ts";
+import { type ConnectionOptions, DEFAULTS, PRODUCT } from "./abstract_connection.ts";
+import { StreamConnection, type StreamConnectionOptions } from "./stream_connection.ts";
+import type { Transport } from "./transport.ts";
 import { listenTcp, type TcpListener } from "./_node_net.ts";
 import { HandshakeTimeout, InvalidHandshake } from "./errors.ts";
 import type { ServerExtensionFactory } from "./extensions.ts";

@@ -1,0 +1,548 @@
+/**
+ * {@linkcode Connection}, the one interface of a WebSocket connection
+ * whichever side opened it, and what it is made of: options and their
+ * defaults, sending (whole or fragmented messages), ping, keepalive and
+ * close. Receiving is {@linkcode MessageQueue}'s. The implementations are
+ * {@linkcode StreamConnection} (`stream_connection.ts`) and the adapter
+ * over the platform `WebSocket` (`deploy.ts`).
+ *
+ * @module
+ */
+
+import { type BinaryData, describeType, isBytes, toBytes } from "./_bytes.ts";
+import { type Message, MessageQueue } from "./_message_queue.ts";
+import type { SharedFrames } from "./_shared_frames.ts";
+import {
+  ConcurrencyError,
+  type ConnectionClosed,
+  ConnectionClosedOK,
+  InvalidState,
+} from "./errors.ts";
+import type { EncodeOptions, Extension } from "./extensions.ts";
+import { type Close, CloseCode } from "./frames.ts";
+import type { Request, Response } from "./http11.ts";
+import { type Logger, State, stateName } from "./protocol.ts";
+
+/**
+ * What {@linkcode Connection.prototype.send} accepts: a string (Text), bytes
+ * (Binary: `Uint8Array`, `ArrayBuffer`, any `ArrayBufferView`), or an
+ * iterable / async iterable of strings or of bytes, sent as one fragmented
+ * message, one frame per item.
+ *
+ * @example
+ * ```ts
+ * import type { Sendable } from "@denows/websockets";
+ * const fragments: Sendable = ["Hel", "lo"];
+ * console.log(Array.isArray(fragments)); // true
+ * ```
+ */
+export type Sendable =
+  | string
+  | BinaryData
+  | Iterable<string | BinaryData>
+  | AsyncIterable<string | BinaryData>;
+
+/** Options of {@linkcode Connection.prototype.send}. */
+export interface SendOptions {
+  /** `false` sends this message uncompressed even when compression was negotiated. */
+  compress?: boolean;
+}
+
+/**
+ * How a connection ended, the value of {@linkcode Connection.prototype.closed}.
+ *
+ * @example
+ * ```ts
+ * import type { CloseResult } from "@denows/websockets";
+ * const result: CloseResult = { code: 1000, reason: "", wasClean: true };
+ * console.log(result.code); // 1000
+ * ```
+ */
+export interface CloseResult {
+  /** The close code received, 1005 for an empty close frame, 1006 when none was received. */
+  code: number;
+  /** The close reason received. */
+  reason: string;
+  /** Whether the closing handshake completed (close frames exchanged). */
+  wasClean: boolean;
+  /** The close frame received, if any. */
+  rcvd?: Close;
+  /** The close frame sent, if any. */
+  sent?: Close;
+  /** The error that ended the connection, when it ended with one. */
+  error?: Error;
+}
+
+/** Options shared by every connection: limits, timeouts, logging. */
+export interface ConnectionOptions {
+  /** Interval between keepalive pings in ms; `null` disables keepalive. Default 20 000. */
+  pingInterval?: number | null;
+  /** Time to wait for the pong of a keepalive ping in ms; `null` waits forever. Default 20 000. */
+  pingTimeout?: number | null;
+  /** Time to wait for the closing handshake and the TCP close, in ms. Default 10 000. */
+  closeTimeout?: number;
+  /** Largest incoming message, after decompression, in bytes; `Infinity` disables it. Default 1 MiB. */
+  maxSize?: number;
+  /** Received messages buffered before reading from the socket pauses. Default 16. */
+  maxQueue?: number;
+  /** High-water mark of the outgoing buffer, in bytes, that `send()` waits under. Default 32 KiB. */
+  writeLimit?: number;
+  /** Where logs go; default: nowhere. */
+  logger?: Logger;
+}
+
+/** The defaults of {@linkcode ConnectionOptions}, in one place. */
+export const DEFAULTS: {
+  readonly openTimeout: number;
+  readonly pingInterval: number;
+  readonly pingTimeout: number;
+  readonly closeTimeout: number;
+  readonly maxSize: number;
+  readonly maxQueue: number;
+  readonly writeLimit: number;
+} = {
+  openTimeout: 10_000,
+  pingInterval: 20_000,
+  pingTimeout: 20_000,
+  closeTimeout: 10_000,
+  maxSize: 1024 * 1024,
+  maxQueue: 16,
+  writeLimit: 32 * 1024,
+};
+
+/**
+ * How this library names itself in `User-Agent` (client) and `Server`
+ * (server) headers by default: the runtime and the library's version.
+ *
+ * @example
+ * ```ts
+ * import { PRODUCT } from "@denows/websockets";
+ * console.log(PRODUCT.endsWith("@denows/websockets/0.1.0")); // true
+ * ```
+ */
+export const PRODUCT: string = `Deno/${
+  typeof Deno !== "undefined" ? Deno.version.deno : "unknown"
+} @denows/websockets/0.1.0`;
+
+let nextId = 1;
+
+/**
+ * One WebSocket connection, client or server side: the interface that
+ * `connect()`, `serve()`, `accept()` / `handler()` (Deno.serve / Deploy)
+ * give you, and that `broadcast()` works on.
+ *
+ * - Receive with `recv()`, `for await (const message of connection)` (ends
+ *   quietly on close 1000/1001, throws `ConnectionClosedError` otherwise) or
+ *   the `readable` stream. Messages received before the close are always
+ *   delivered.
+ * - Send with `send()`: a string goes as Text, bytes as Binary, an iterable
+ *   or async iterable as one fragmented message. `send()` resolves once the
+ *   outgoing buffer is under `writeLimit`.
+ * - `ping()` resolves to the round-trip time in ms; `close()` runs the
+ *   closing handshake, bounded by `closeTimeout`; `closed` resolves with how
+ *   the connection ended.
+ *
+ * @example
+ * ```ts ignore
+ * import { type Connection, serve } from "@denows/websockets";
+ * async function echo(connection: Connection): Promise<void> {
+ *   for await (const message of connection) await connection.send(message);
+ * }
+ * serve(echo, { port: 8765 });
+ * ```
+ */
+export abstract class Connection extends MessageQueue implements AsyncDisposable {
+  /** A number unique to this connection in this process, for logs. */
+  readonly id: number = nextId++;
+  /** The last round-trip time measured by `ping()` or keepalive, in ms (0 before any). */
+  latency: number = 0;
+
+  /** Largest incoming message in bytes. */
+  readonly maxSize: number;
+  /** Received messages buffered before reading pauses. */
+  readonly maxQueue: number;
+  /** High-water mark of the outgoing buffer that `send()` waits under. */
+  readonly writeLimit: number;
+  /** Time allowed for the closing handshake, in ms. */
+  readonly closeTimeout: number;
+  /** Interval between keepalive pings in ms, or `null`. */
+  readonly pingInterval: number | null;
+  /** Time allowed for a keepalive pong in ms, or `null`. */
+  readonly pingTimeout: number | null;
+  /** Where frame traces and state changes go, if anywhere. */
+  protected readonly logger: Logger | undefined;
+
+  // Created on demand: an idle connection holds no ping map.
+  #closedError: ConnectionClosed | undefined;
+  #closedResolve!: (result: CloseResult) => void;
+  #closedResult: CloseResult | undefined;
+  /** Resolves with how the connection ended; never rejects. */
+  readonly closed: Promise<CloseResult>;
+  #sendLock: Promise<void> | undefined;
+  #pings:
+    | Map<string, { sentAt: number; resolve(ms: number): void; reject(error: unknown): void }>
+    | undefined;
+  #keepaliveTimer: ReturnType<typeof setTimeout> | undefined;
+
+  /** Sets the limits; see {@linkcode ConnectionOptions}. */
+  constructor(options: ConnectionOptions = {}) {
+    super();
+    this.maxSize = options.maxSize ?? DEFAULTS.maxSize;
+    this.maxQueue = options.maxQueue ?? DEFAULTS.maxQueue;
+    this.writeLimit = options.writeLimit ?? DEFAULTS.writeLimit;
+    this.closeTimeout = options.closeTimeout ?? DEFAULTS.closeTimeout;
+    this.pingInterval = options.pingInterval === undefined
+      ? DEFAULTS.pingInterval
+      : options.pingInterval;
+    this.pingTimeout = options.pingTimeout === undefined
+      ? DEFAULTS.pingTimeout
+      : options.pingTimeout;
+    this.logger = options.logger;
+    if (!(this.maxQueue >= 1)) {
+      throw new RangeError(`maxQueue must be at least 1, got ${this.maxQueue}`);
+    }
+    if (!(this.maxSize >= 0)) {
+      throw new RangeError(`maxSize must be a positive number, got ${this.maxSize}`);
+    }
+    this.closed = new Promise((resolve) => (this.#closedResolve = resolve));
+  }
+
+  // ---- State, implemented by each transport ----
+
+  /** The connection state: CONNECTING (0), OPEN (1), CLOSING (2) or CLOSED (3). */
+  abstract get state(): State;
+  /** Bytes queued for sending and not yet handed to the network. */
+  abstract get bufferedAmount(): number;
+  /** The subprotocol negotiated during the handshake, if any. */
+  abstract get subprotocol(): string | undefined;
+  /** The extensions negotiated during the handshake. */
+  abstract get extensions(): readonly Extension[];
+  /** The handshake request (what the client sent). */
+  abstract get request(): Request | undefined;
+  /** The handshake response (what the server sent). */
+  abstract get response(): Response | undefined;
+  /** The local address, when the transport has one. */
+  abstract get localAddr(): Deno.Addr | undefined;
+  /** The remote address, when the transport has one. */
+  abstract get remoteAddr(): Deno.Addr | undefined;
+
+  /** The same as `state`, named like the browser's `WebSocket.readyState`. */
+  get readyState(): State {
+    return this.state;
+  }
+
+  /** Whether the connection is in the middle of sending a fragmented message. */
+  abstract get sendingFragmented(): boolean;
+
+  /** Queues one frame of a message; returns after queueing (no waiting). */
+  protected abstract sendFrame(
+    kind: "text" | "binary" | "continuation",
+    data: string | Uint8Array,
+    fin: boolean,
+    options: EncodeOptions | undefined,
+  ): void;
+  /** Waits until the outgoing buffer is under `writeLimit`, or throws when the connection closes. */
+  protected abstract drain(): Promise<void>;
+  /** Sends a ping frame. */
+  protected abstract sendPingFrame(data: Uint8Array): void;
+  /** Sends a pong frame. */
+  protected abstract sendPongFrame(data: Uint8Array): void;
+  /** Starts the closing handshake and waits until the connection is closed (bounded by closeTimeout). */
+  protected abstract closeTransport(code: number, reason: string): Promise<void>;
+  /** Fails the connection with `code` (e.g. 1011 on keepalive timeout). */
+  protected abstract failTransport(code: number, reason: string): void;
+  /** The error to raise when the connection is closed. */
+  protected abstract makeCloseError(): ConnectionClosed;
+
+  /** Outgoing messages as a `WritableStream`: each chunk is `send()`; closing the stream closes the connection. */
+  get writable(): WritableStream<Message> {
+    return new WritableStream<Message>({
+      write: (message) => this.send(message),
+      close: () => this.close(),
+      abort: () => this.close(CloseCode.GOING_AWAY),
+    }, { highWaterMark: 1 });
+  }
+
+  /**
+   * Called by implementations once the connection is closed: wakes every
+   * waiter with the close error and resolves `closed`.
+   */
+  protected terminate(result: CloseResult): void {
+    if (this.#closedResult !== undefined) return;
+    this.#closedResult = result;
+    this.stopKeepalive();
+    this.endMessages();
+    const pings = this.#pings;
+    if (pings !== undefined) {
+      this.#pings = undefined;
+      for (const ping of pings.values()) ping.reject(this.closedError);
+    }
+    this.stopWaitingForQueueSpace();
+    if (this.logger !== undefined) {
+      this.logger.info(`connection ${this.id} closed: ${this.closedError!.message}`);
+    }
+    this.#closedResolve(result);
+  }
+
+  /**
+   * Whether the connection is closed and its close error is
+   * `ConnectionClosedOK` (a normal closure). Implementations may answer
+   * without building the error.
+   */
+  protected get closedOK(): boolean {
+    return this.closedError instanceof ConnectionClosedOK;
+  }
+
+  /** The error describing the close, once closed. */
+  protected get closedError(): ConnectionClosed | undefined {
+    if (this.#closedError === undefined && this.#closedResult !== undefined) {
+      this.#closedError = this.makeCloseError();
+    }
+    return this.#closedError;
+  }
+
+  // ---- Sending ----
+
+  /**
+   * Sends a message: a string as Text, bytes (`Uint8Array`, `ArrayBuffer`,
+   * any `ArrayBufferView`) as Binary, an iterable or async iterable (of
+   * strings, or of bytes, not both) as one fragmented message.
+   *
+   * Resolves once the outgoing buffer is under `writeLimit`. Throws
+   * `ConnectionClosed` when the connection is closing or closed, and
+   * `TypeError` for an unsupported message type.
+   */
+  send(message: Sendable, options?: SendOptions): Promise<void> {
+    // Fast path: a whole message while nothing else is being sent; no async frame.
+    if (this.#sendLock === undefined && this.state === State.OPEN) {
+      try {
+        if (typeof message === "string") {
+          this.sendFrame("text", message, true, options);
+          return this.drain();
+        }
+        if (message instanceof Uint8Array) {
+          this.sendFrame("binary", message, true, options);
+          return this.drain();
+        }
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    }
+    return this.#sendSlow(message, options);
+  }
+
+  async #sendSlow(message: Sendable, options?: SendOptions): Promise<void> {
+    while (this.#sendLock !== undefined) await this.#sendLock;
+    this.checkOpen();
+    if (typeof message === "string") {
+      this.sendFrame("text", message, true, options);
+    } else if (isBytes(message)) {
+      this.sendFrame("binary", toBytes(message), true, options);
+    } else if (
+      message !== null && typeof message === "object" &&
+      (Symbol.iterator in message || Symbol.asyncIterator in message)
+    ) {
+      await this.#sendFragments(message, options);
+      return;
+    } else {
+      throw new TypeError(`Cannot send: unsupported message type ${describeType(message)}`);
+    }
+    await this.drain();
+  }
+
+  async #sendFragments(
+    fragments: Iterable<string | BinaryData> | AsyncIterable<string | BinaryData>,
+    options: SendOptions | undefined,
+  ): Promise<void> {
+    let release!: () => void;
+    this.#sendLock = new Promise((resolve) => (release = resolve));
+    try {
+      const iterator = Symbol.asyncIterator in fragments
+        ? (fragments as AsyncIterable<string | BinaryData>)[Symbol.asyncIterator]()
+        : (fragments as Iterable<string | BinaryData>)[Symbol.iterator]();
+      let kind: "text" | "binary" | undefined;
+      let previous: string | Uint8Array | undefined;
+      while (true) {
+        const result = await iterator.next();
+        if (result.done) break;
+        const fragment = result.value;
+        const fragmentKind = typeof fragment === "string"
+          ? "text"
+          : isBytes(fragment)
+          ? "binary"
+          : undefined;
+        if (fragmentKind === undefined) {
+          throw new TypeError(`Cannot send: unsupported fragment type ${describeType(fragment)}`);
+        }
+        if (kind === undefined) kind = fragmentKind;
+        else if (kind !== fragmentKind) {
+          throw new TypeError("Cannot send: all fragments must be of the same type");
+        }
+        const data = typeof fragment === "string" ? fragment : toBytes(fragment);
+        // Each fragment is sent once the next one is known, so the last goes with fin.
+        if (previous !== undefined) {
+          this.checkOpen();
+          this.sendFrame(this.sendingFragmented ? "continuation" : kind, previous, false, options);
+          await this.drain();
+        }
+        previous = data;
+      }
+      if (kind === undefined) {
+        // An empty iterable sends nothing, like Python websockets.
+        return;
+      }
+      this.checkOpen();
+      this.sendFrame(this.sendingFragmented ? "continuation" : kind, previous!, true, options);
+    } catch (error) {
+      // A fragmented message can't be left half-sent: fail the connection.
+      if (this.sendingFragmented && this.state === State.OPEN) {
+        this.failTransport(CloseCode.INTERNAL_ERROR, "error while sending a fragmented message");
+      }
+      throw error;
+    } finally {
+      this.#sendLock = undefined;
+      release();
+    }
+    await this.drain();
+  }
+
+  /** Throws the close error unless the connection is OPEN. */
+  protected checkOpen(): void {
+    const state = this.state;
+    if (state === State.OPEN) return;
+    if (state === State.CONNECTING) {
+      throw new InvalidState(`Cannot send: the connection is ${stateName(state)}`);
+    }
+    throw this.closedError ?? this.makeCloseError();
+  }
+
+  /**
+   * Throws `ConcurrencyError` if a fragmented message is being sent: used
+   * by `broadcast()`, which must not interleave a message into it.
+   */
+  protected checkNotFragmenting(): void {
+    if (this.sendingFragmented || this.#sendLock !== undefined) {
+      throw new ConcurrencyError(
+        `Cannot broadcast: connection ${this.id} is sending a fragmented message`,
+      );
+    }
+  }
+
+  /**
+   * Sends a ping and resolves to the round-trip time in ms when the
+   * matching pong arrives (a pong also acknowledges earlier pings). `data`
+   * defaults to 4 random bytes; at most 125 bytes.
+   */
+  async ping(data?: string | Uint8Array): Promise<number> {
+    this.checkOpen();
+    let payload: Uint8Array;
+    if (data === undefined) {
+      do {
+        payload = crypto.getRandomValues(new Uint8Array(4));
+      } while (this.#pings?.has(String(payload)));
+    } else {
+      payload = typeof data === "string" ? new TextEncoder().encode(data) : data.slice();
+      if (this.#pings?.has(String(payload))) {
+        throw new ConcurrencyError("Cannot ping: already waiting for a pong with the same data");
+      }
+    }
+    if (payload.length > 125) {
+      throw new RangeError(`Cannot ping: payload is ${payload.length} bytes, the limit is 125`);
+    }
+    const promise = new Promise<number>((resolve, reject) => {
+      (this.#pings ??= new Map()).set(String(payload), {
+        sentAt: performance.now(),
+        resolve,
+        reject,
+      });
+    });
+    this.sendPingFrame(payload);
+    await this.drain();
+    return promise;
+  }
+
+  /** Sends an unsolicited pong (a unidirectional heartbeat). */
+  async pong(data: string | Uint8Array = new Uint8Array(0)): Promise<void> {
+    this.checkOpen();
+    const payload = typeof data === "string" ? new TextEncoder().encode(data) : data;
+    if (payload.length > 125) {
+      throw new RangeError(`Cannot pong: payload is ${payload.length} bytes, the limit is 125`);
+    }
+    this.sendPongFrame(payload);
+    await this.drain();
+  }
+
+  /** Called by implementations when a pong arrives: resolves its ping and every earlier one. */
+  protected acknowledgePings(data: Uint8Array): void {
+    const pings = this.#pings;
+    if (pings === undefined) return;
+    const key = String(data);
+    if (!pings.has(key)) return;
+    const now = performance.now();
+    for (const [pingKey, ping] of pings) {
+      pings.delete(pingKey);
+      const latency = now - ping.sentAt;
+      if (pingKey === key) {
+        this.latency = latency;
+        ping.resolve(latency);
+        break;
+      }
+      ping.resolve(latency);
+    }
+  }
+
+  /** Starts sending keepalive pings every `pingInterval`. */
+  protected startKeepalive(): void {
+    const interval = this.pingInterval;
+    if (interval === null || !(interval > 0)) return;
+    const tick = async () => {
+      this.#keepaliveTimer = undefined;
+      if (this.state !== State.OPEN) return;
+      let timeout: ReturnType<typeof setTimeout> | undefined;
+      try {
+        const pong = this.ping();
+        if (this.pingTimeout !== null) {
+          timeout = setTimeout(() => {
+            if (this.state === State.OPEN) {
+              this.logger?.warn(`connection ${this.id}: keepalive ping timeout`);
+              this.failTransport(CloseCode.INTERNAL_ERROR, "keepalive ping timeout");
+            }
+          }, this.pingTimeout);
+        }
+        await pong;
+      } catch {
+        return; // closed meanwhile
+      } finally {
+        if (timeout !== undefined) clearTimeout(timeout);
+      }
+      if (this.state === State.OPEN && this.#closedResult === undefined) {
+        this.#keepaliveTimer = setTimeout(tick, interval);
+      }
+    };
+    this.#keepaliveTimer = setTimeout(tick, interval);
+  }
+
+  /** Stops keepalive pings. */
+  protected stopKeepalive(): void {
+    if (this.#keepaliveTimer !== undefined) clearTimeout(this.#keepaliveTimer);
+    this.#keepaliveTimer = undefined;
+  }
+
+  /**
+   * Performs the closing handshake with `code` (default 1000) and `reason`
+   * and resolves once the connection is closed, after at most
+   * `closeTimeout` (then the transport is aborted). Idempotent: closing a
+   * closing or closed connection waits for the same end.
+   */
+  async close(code: number = CloseCode.NORMAL_CLOSURE, reason: string = ""): Promise<void> {
+    await this.closeTransport(code, reason);
+  }
+
+  /** Closes the connection with 1001 (going away) when used with `await using`. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close(CloseCode.GOING_AWAY);
+  }
+
+  /** Queues an already-encoded frame shared by a broadcast; see `broadcast()`. */
+  abstract sendShared(frames: SharedFrames): boolean;
+}
