@@ -457,6 +457,9 @@ export abstract class Connection extends MessageQueue implements AsyncDisposable
       });
     });
     this.sendPingFrame(payload);
+    // When drain() throws (the connection ended while the output was full), the pong's promise
+    // is rejected too, and nobody would await it: mark it handled.
+    promise.catch(() => {});
     await this.drain();
     return promise;
   }

@@ -4,7 +4,7 @@
 
 import assert from "node:assert/strict";
 import { connect } from "../client.ts";
-import { type Message, StreamConnection, type Transport } from "../connection.ts";
+import { type CloseResult, type Message, StreamConnection, type Transport } from "../connection.ts";
 import { ConnectionClosedError, ConnectionClosedOK, PayloadTooBig } from "../errors.ts";
 import { Close, Frame, Opcode } from "../frames.ts";
 import { ServerProtocol, State } from "../protocol.ts";
@@ -820,6 +820,43 @@ Deno.test("connection: a server keepalive closes with 1011 when the client never
       new Close(1011, "keepalive ping timeout"),
     );
   } finally {
+    peer.close();
+    await server.close();
+  }
+});
+
+Deno.test("connection: keepalive drops a peer that never reads, without an unhandled rejection", async () => {
+  // The keepalive ping waits behind a full output buffer; when the pong times out the
+  // connection ends, and the ping's own promise must not be left rejected with no one awaiting it.
+  const unhandled: unknown[] = [];
+  const record = (event: PromiseRejectionEvent) => {
+    event.preventDefault();
+    unhandled.push(event.reason);
+  };
+  globalThis.addEventListener("unhandledrejection", record);
+  const closed = deferred<CloseResult>();
+  const { server } = serveLocal(async (ws) => {
+    const chunk = new Uint8Array(64 * 1024);
+    try {
+      while (true) await ws.send(chunk);
+    } catch {
+      closed.resolve(await ws.closed);
+    }
+  }, { pingInterval: 100, pingTimeout: 200, closeTimeout: 200, compression: null });
+  const peer = await RawPeer.connect(server.port);
+  try {
+    await peer.write(handshakeRequest(server.port));
+    assert.ok((await peer.readHead())?.startsWith("HTTP/1.1 101"));
+    const result = await within(closed.promise, 10_000, "server close");
+    await delay(100); // unhandled rejections are reported on a later turn of the event loop
+    assert.deepEqual([result.code, result.wasClean, result.sent, unhandled], [
+      1006,
+      false,
+      new Close(1011, "keepalive ping timeout"),
+      [],
+    ]);
+  } finally {
+    globalThis.removeEventListener("unhandledrejection", record);
     peer.close();
     await server.close();
   }
