@@ -12,12 +12,7 @@
 import { type BinaryData, describeType, isBytes, toBytes } from "./_bytes.ts";
 import { type Message, MessageQueue } from "./_message_queue.ts";
 import type { SharedFrames } from "./_shared_frames.ts";
-import {
-  ConcurrencyError,
-  type ConnectionClosed,
-  ConnectionClosedOK,
-  InvalidState,
-} from "./errors.ts";
+import { ConcurrencyError, ConnectionClosed, ConnectionClosedOK, InvalidState } from "./errors.ts";
 import type { EncodeOptions, Extension } from "./extensions.ts";
 import { type Close, CloseCode } from "./frames.ts";
 import type { Request, Response } from "./http11.ts";
@@ -548,4 +543,35 @@ export abstract class Connection extends MessageQueue implements AsyncDisposable
 
   /** Queues an already-encoded frame shared by a broadcast; see `broadcast()`. */
   abstract sendShared(frames: SharedFrames): boolean;
+}
+
+/**
+ * Runs a connection handler the way `serve()` and Deploy's `handler()` do,
+ * and never rejects: when `handler` returns, the connection is closed
+ * (1000); when it throws while the connection is open, the error is logged
+ * and the connection closed with 1011; when it throws after the close, the
+ * error is logged unless it is the `ConnectionClosed` that told the handler
+ * of the close.
+ */
+export async function runHandler<C extends Connection>(
+  connection: C,
+  handler: (connection: C) => void | Promise<void>,
+  logger: Pick<Logger, "error"> | undefined,
+): Promise<void> {
+  try {
+    await handler(connection);
+    await connection.close();
+  } catch (error) {
+    try {
+      const state = connection.state;
+      if (state === State.OPEN || state === State.CONNECTING) {
+        logger?.error(`connection ${connection.id}: error in connection handler`, error);
+        await connection.close(CloseCode.INTERNAL_ERROR, "internal error");
+      } else if (!(error instanceof ConnectionClosed)) {
+        logger?.error(`connection ${connection.id}: error in connection handler`, error);
+      }
+    } catch (closeError) {
+      logger?.error("unexpected error in connection", closeError);
+    }
+  }
 }

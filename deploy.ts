@@ -31,7 +31,13 @@
  */
 
 import type { SharedFrames } from "./_shared_frames.ts";
-import { Connection, DEFAULTS, type Sendable, type SendOptions } from "./abstract_connection.ts";
+import {
+  Connection,
+  DEFAULTS,
+  runHandler,
+  type Sendable,
+  type SendOptions,
+} from "./abstract_connection.ts";
 import {
   ConnectionClosed,
   ConnectionClosedError,
@@ -939,18 +945,7 @@ export function handler(
     } catch {
       return; // the peer left before the connection opened
     }
-    try {
-      await fn(connection);
-      await connection.close();
-    } catch (error) {
-      const state = connection.state;
-      if (state === State.OPEN || state === State.CONNECTING) {
-        errorLogger.error(`connection ${connection.id}: error in connection handler`, error);
-        await connection.close(CloseCode.INTERNAL_ERROR, "internal error");
-      } else if (!(error instanceof ConnectionClosed)) {
-        errorLogger.error(`connection ${connection.id}: error in connection handler`, error);
-      }
-    }
+    await runHandler(connection, fn, errorLogger);
   }
 
   return async (

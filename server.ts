@@ -16,20 +16,23 @@
  * @module
  */
 
-import { type ConnectionOptions, DEFAULTS, PRODUCT } from "./abstract_connection.ts";
+import { type ConnectionOptions, DEFAULTS, PRODUCT, runHandler } from "./abstract_connection.ts";
 import { StreamConnection, type StreamConnectionOptions } from "./stream_connection.ts";
 import type { Transport } from "./transport.ts";
 import { listenTcp, type TcpListener } from "./_node_net.ts";
 import { HandshakeTimeout, InvalidHandshake } from "./errors.ts";
+import { CloseCode } from "./frames.ts";
 import type { ServerExtensionFactory } from "./extensions.ts";
 import { Headers, parseAuthorizationBasic } from "./headers.ts";
 import { type HttpLimits, reasonPhrase, type Request, Response } from "./http11.ts";
 import { defaultServerExtensions } from "./permessage_deflate.ts";
 import {
+  type Logger,
   type OriginPattern,
   type ProtocolEvent,
   type SelectSubprotocol,
   ServerProtocol,
+  type ServerProtocolOptions,
   State,
 } from "./protocol.ts";
 
@@ -164,32 +167,6 @@ export class ServerConnection extends StreamConnection {
 }
 
 /**
- * A running server, returned by {@linkcode serve}.
- *
- * @example
- * ```ts ignore
- * import { serve } from "@denows/websockets";
- * await using server = serve((ws) => ws.close(), { hostname: "127.0.0.1" });
- * console.log(server.addr, server.connections.size);
- * ```
- */
-export interface Server extends AsyncDisposable {
-  /** The address listened on. */
-  readonly addr: Deno.Addr;
-  /** The port listened on (0 for a Unix socket). */
-  readonly port: number;
-  /** The open connections (a live set). */
-  readonly connections: ReadonlySet<ServerConnection>;
-  /**
-   * Stops accepting, closes every connection with 1001 (going away) and
-   * waits for them, up to `closeTimeout`.
-   */
-  close(): Promise<void>;
-  /** Resolves once the server is closed. */
-  readonly finished: Promise<void>;
-}
-
-/**
  * A connection handler: runs once per connection after the handshake; the
  * connection closes (1000) when it returns, or 1011 when it throws.
  *
@@ -223,6 +200,365 @@ async function toResponse(answer: Response | globalThis.Response): Promise<Respo
 const HANDSHAKE_FAILED = Symbol("handshake failed");
 
 /**
+ * A running server, made by {@linkcode serve}: it owns the listener, the
+ * connections (in their handshake and open), the sweep that drops
+ * handshakes older than `openTimeout`, and `close()`.
+ *
+ * Each accepted transport goes: {@linkcode ServerConnection} made and
+ * started → the opening handshake, whose hooks run in one place (the
+ * request is answered by `processRequest`, the connection limit, shutting
+ * down, or the WebSocket upgrade; then `processResponse`) → the handler,
+ * once the handshake succeeded → closed when the handler returns.
+ *
+ * @example
+ * ```ts ignore
+ * import { serve } from "@denows/websockets";
+ * await using server = serve((ws) => ws.close(), { hostname: "127.0.0.1" });
+ * console.log(server.addr, server.connections.size);
+ * ```
+ */
+export class Server implements AsyncDisposable {
+  /** The address listened on. */
+  readonly addr: Deno.Addr;
+  /** The port listened on (0 for a Unix socket). */
+  readonly port: number;
+  /** Resolves once the server is closed. */
+  readonly finished: Promise<void>;
+
+  readonly #handler: Handler;
+  readonly #options: ServeOptions;
+  readonly #logger: Logger | undefined;
+  readonly #openTimeout: number;
+  readonly #closeTimeout: number;
+  readonly #listener: Deno.Listener | undefined;
+  readonly #tcpListener: TcpListener | undefined;
+  readonly #connectionOptions: StreamConnectionOptions;
+  readonly #protocolOptions: ServerProtocolOptions;
+  // Connections whose handler runs.
+  readonly #connections = new Set<ServerConnection>();
+  // Connections in their opening handshake, with the time it started (oldest first).
+  readonly #inHandshake = new Map<ServerConnection, number>();
+  // Connections whose handshake or handler hasn't finished, counted rather than
+  // tracked one promise each; close() waits for the count to reach zero.
+  #active = 0;
+  #idleResolve: (() => void) | undefined;
+  #closing = false;
+  #closed = false;
+  // One timer per server drops handshakes older than openTimeout, rather than a timer per
+  // connection: a handshake ends between openTimeout and 1.25 × openTimeout after it began.
+  #sweepTimer: ReturnType<typeof setTimeout> | undefined;
+  readonly #sweepEvery: number;
+  readonly #acceptLoopDone: Promise<void>;
+  #finishedResolve!: () => void;
+  #closePromise: Promise<void> | undefined;
+
+  /** Starts listening and serving with `handler`; the same as {@linkcode serve}. */
+  constructor(handler: Handler, options: ServeOptions = {}) {
+    if (options.tcp !== undefined && options.tcp !== "node:net" && options.tcp !== "Deno.listen") {
+      throw new TypeError(`tcp must be "node:net" or "Deno.listen", got ${String(options.tcp)}`);
+    }
+    this.#handler = handler;
+    this.#options = options;
+    this.#logger = options.logger;
+    this.#openTimeout = options.openTimeout ?? DEFAULTS.openTimeout;
+    this.#closeTimeout = options.closeTimeout ?? DEFAULTS.closeTimeout;
+    this.#sweepEvery = Math.max(this.#openTimeout / 4, 1);
+    this.#connectionOptions = {
+      ...options,
+      onHandshake: this.#onHandshake,
+      // A TLS connection closes with a close_notify that a half-close sends: keep that.
+      closeAtOnce: options.tls === undefined,
+    };
+    this.#protocolOptions = {
+      origins: options.origins,
+      extensions: options.extensions ??
+        (options.compression === null ? [] : defaultServerExtensions()),
+      subprotocols: options.subprotocols,
+      selectSubprotocol: options.selectSubprotocol,
+      serverHeader: options.serverHeader === null
+        ? undefined
+        : (options.serverHeader ?? SERVER_HEADER),
+      maxSize: options.maxSize,
+      httpLimits: options.httpLimits,
+      logger: this.#logger,
+    };
+    this.finished = new Promise<void>((resolve) => (this.#finishedResolve = resolve));
+    [this.#listener, this.#tcpListener] = this.#listen(options);
+    this.#acceptLoopDone = this.#acceptLoop();
+    options.signal?.addEventListener("abort", () => this.close(), { once: true });
+    const addr = this.#listener?.addr ?? this.#tcpListener!.addr;
+    this.addr = addr;
+    this.port = addr.transport === "tcp" || addr.transport === "udp" ? addr.port : 0;
+  }
+
+  /** The open connections (a live set). */
+  get connections(): ReadonlySet<ServerConnection> {
+    return this.#connections;
+  }
+
+  /**
+   * Stops accepting, closes every connection with 1001 (going away) and
+   * waits for them, up to `closeTimeout`. Idempotent.
+   */
+  close(): Promise<void> {
+    return this.#closePromise ??= this.#close();
+  }
+
+  /** Closes the server when used with `await using`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  // ---- Accepting ----
+
+  // Plain TCP on an IP address goes through node:net when asked for and the runtime
+  // allows (see _node_net.ts); otherwise, and for TLS and Unix sockets, through Deno.listen.
+  #listen(options: ServeOptions): [Deno.Listener | undefined, TcpListener | undefined] {
+    if (options.unix !== undefined) {
+      return [Deno.listen({ transport: "unix", path: options.unix }), undefined];
+    }
+    const hostname = options.hostname ?? "0.0.0.0";
+    const port = options.port ?? 0;
+    if (options.tls !== undefined) {
+      const { cert, key } = options.tls;
+      return [Deno.listenTls({ hostname, port, cert, key }), undefined];
+    }
+    if (options.tcp === "node:net") {
+      const tcpListener = listenTcp(
+        hostname,
+        port,
+        (transport) => this.#closing ? transport.close() : this.#accepted(transport),
+        (error) => this.#logger?.warn(`accept failed: ${error}`),
+      );
+      if (tcpListener !== undefined) return [undefined, tcpListener];
+    }
+    return [Deno.listen({ hostname, port }), undefined];
+  }
+
+  async #acceptLoop(): Promise<void> {
+    const listener = this.#listener;
+    if (listener === undefined) return;
+    while (true) {
+      let conn: Deno.Conn;
+      try {
+        conn = await listener.accept();
+      } catch (error) {
+        if (this.#closing) return;
+        if (error instanceof Deno.errors.BadResource || error instanceof Deno.errors.Interrupted) {
+          return;
+        }
+        // E.g. too many open files: wait a little and go on serving.
+        this.#logger?.warn(`accept failed: ${error}`);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        continue;
+      }
+      this.#accepted(conn);
+    }
+  }
+
+  #accepted(transport: Transport): void {
+    this.#active++;
+    this.#serveConnection(transport);
+  }
+
+  // Never rejects; calls #taskDone() once the handshake failed or the handler finished.
+  async #serveConnection(transport: Transport): Promise<void> {
+    let connection: ServerConnection;
+    try {
+      connection = await this.#open(transport);
+    } catch (error) {
+      if (error !== HANDSHAKE_FAILED) this.#logger?.error("unexpected error in connection", error);
+      this.#taskDone();
+      return;
+    }
+    // The handler runs in a function of its own, so that nothing of the handshake stays referenced.
+    this.#run(connection);
+  }
+
+  // Starts the connection and waits for its opening handshake (see #handshake).
+  async #open(transport: Transport): Promise<ServerConnection> {
+    const conn = transport as Deno.TcpConn;
+    if (conn.setNoDelay !== undefined && this.#options.unix === undefined) {
+      try {
+        conn.setNoDelay(true);
+      } catch {
+        // not TCP
+      }
+    }
+    const protocol = new ServerProtocol(this.#protocolOptions);
+    const connection = new ServerConnection(protocol, transport, this.#connectionOptions);
+    this.#inHandshake.set(connection, performance.now());
+    if (this.#sweepTimer === undefined && !this.#closed) {
+      this.#sweepTimer = setTimeout(this.#sweep, this.#sweepEvery);
+    }
+    connection.start();
+    try {
+      await connection.handshake;
+    } catch {
+      // Answered with an HTTP error, timed out, or the peer left; the connection ends by itself.
+      throw HANDSHAKE_FAILED;
+    } finally {
+      this.#inHandshake.delete(connection);
+    }
+    return connection;
+  }
+
+  // Never rejects; calls #taskDone() once the handler finished.
+  async #run(connection: ServerConnection): Promise<void> {
+    this.#connections.add(connection);
+    try {
+      await runHandler(connection, this.#handler, this.#logger);
+    } finally {
+      this.#connections.delete(connection);
+      this.#taskDone();
+    }
+  }
+
+  #taskDone(): void {
+    if (--this.#active === 0 && this.#idleResolve !== undefined) {
+      this.#idleResolve();
+      this.#idleResolve = undefined;
+    }
+  }
+
+  #sweep = (): void => {
+    this.#sweepTimer = undefined;
+    const now = performance.now();
+    for (const [connection, started] of this.#inHandshake) {
+      if (now - started < this.#openTimeout) break;
+      this.#inHandshake.delete(connection);
+      if (connection.state === State.CONNECTING) {
+        const timeout = new HandshakeTimeout(this.#openTimeout);
+        this.#logger?.info(`connection ${connection.id}: ${timeout.message}`);
+        connection.abort();
+      }
+    }
+    if (this.#inHandshake.size !== 0 && !this.#closed) {
+      this.#sweepTimer = setTimeout(this.#sweep, this.#sweepEvery);
+    }
+  };
+
+  // ---- The opening handshake: every hook, in this order ----
+
+  // One handshake hook for every connection: the protocol is found on the connection.
+  #onHandshake = (event: ProtocolEvent, connection: StreamConnection): Promise<void> | void => {
+    if (event.type !== "request") return;
+    return this.#handshake(connection as ServerConnection, event.request);
+  };
+
+  // Answers the handshake request: decides the response (#respond), lets processResponse
+  // change it, sends it.
+  async #handshake(connection: ServerConnection, request: Request): Promise<void> {
+    const protocol = connection.protocol as ServerProtocol;
+    let response = await this.#respond(connection, request);
+    const processResponse = this.#options.processResponse;
+    if (processResponse !== undefined) {
+      try {
+        const answer = await processResponse(connection, request, response);
+        if (answer !== undefined) response = await toResponse(answer);
+      } catch (error) {
+        response = this.#hookFailed(connection, "processResponse", error);
+      }
+    }
+    if (protocol.state !== State.CONNECTING) return; // the peer went away meanwhile
+    protocol.sendResponse(response);
+    connection.flushSoon();
+    const status = response.statusCode;
+    if (status !== 101) {
+      this.#logger?.info(
+        `connection ${connection.id}: handshake answered ${status}${
+          response.exception ? `: ${response.exception.message}` : ""
+        }`,
+      );
+    }
+  }
+
+  // The response to a handshake request, before processResponse: processRequest's answer, if
+  // it gives one; else 503 over the connection limit or while shutting down; else the
+  // WebSocket upgrade (or the 400 / 403 / 426 the protocol's checks give).
+  async #respond(connection: ServerConnection, request: Request): Promise<Response> {
+    const options = this.#options;
+    const protocol = connection.protocol as ServerProtocol;
+    if (options.processRequest !== undefined) {
+      try {
+        const answer = await options.processRequest(connection, request);
+        if (answer !== undefined) return await toResponse(answer);
+      } catch (error) {
+        return this.#hookFailed(connection, "processRequest", error);
+      }
+    }
+    const maxConnections = options.maxConnections;
+    if (
+      maxConnections !== undefined &&
+      this.#connections.size + this.#inHandshake.size > maxConnections
+    ) {
+      const response = protocol.reject(
+        503,
+        `Too many connections: the limit is ${maxConnections}.\n`,
+      );
+      response.exception = new InvalidHandshake(`too many connections: limit is ${maxConnections}`);
+      return response;
+    }
+    if (this.#closing) return protocol.reject(503, "Server is shutting down.\n");
+    return protocol.accept(request);
+  }
+
+  // A hook that throws is a bug in the application: answer 500, log it, go on serving.
+  #hookFailed(connection: ServerConnection, hook: string, error: unknown): Response {
+    this.#logger?.error(`connection ${connection.id}: error in ${hook}`, error);
+    const response = connection.respond(
+      500,
+      "Failed to open a WebSocket connection.\nSee server log for more information.\n",
+    );
+    response.exception = error instanceof Error ? error : new Error(String(error));
+    return response;
+  }
+
+  // ---- Closing ----
+
+  async #close(): Promise<void> {
+    this.#closing = true;
+    try {
+      this.#listener?.close();
+      this.#tcpListener?.close();
+    } catch {
+      // already closed
+    }
+    await this.#acceptLoopDone;
+    // Connections that haven't sent a request yet (e.g. a browser's spare
+    // sockets) have nothing to finish: drop them now.
+    for (const connection of this.#inHandshake.keys()) {
+      if (connection.request === undefined) {
+        connection.abort();
+      }
+    }
+    const all = [...this.#connections];
+    await Promise.all(
+      all.map((connection) => connection.close(CloseCode.GOING_AWAY, "server shutting down")),
+    );
+    // Handshakes in progress end within openTimeout; bound the wait by closeTimeout too.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      this.#active === 0
+        ? undefined
+        : new Promise<void>((resolve) => (this.#idleResolve = resolve)),
+      new Promise((resolve) => (timer = setTimeout(resolve, this.#closeTimeout))),
+    ]);
+    clearTimeout(timer);
+    // Handshakes still in progress are dropped so that no socket outlives close().
+    const dropped = [...this.#inHandshake.keys()];
+    for (const connection of dropped) {
+      connection.abort();
+    }
+    await Promise.all(dropped.map((connection) => connection.closed));
+    this.#closed = true;
+    clearTimeout(this.#sweepTimer);
+    this.#sweepTimer = undefined;
+    this.#finishedResolve();
+  }
+}
+
+/**
  * Starts a WebSocket server and returns once it is listening: every
  * connection's opening handshake is checked (origins, subprotocols,
  * extensions, limits; failures answered 400 / 403 / 426 / 503), then
@@ -239,311 +575,7 @@ const HANDSHAKE_FAILED = Symbol("handshake failed");
  * ```
  */
 export function serve(handler: Handler, options: ServeOptions = {}): Server {
-  // Plain TCP on an IP address goes through node:net when asked for and the runtime
-  // allows (see _node_net.ts); otherwise, and for TLS and Unix sockets, through Deno.listen.
-  if (options.tcp !== undefined && options.tcp !== "node:net" && options.tcp !== "Deno.listen") {
-    throw new TypeError(`tcp must be "node:net" or "Deno.listen", got ${String(options.tcp)}`);
-  }
-  let listener: Deno.Listener | undefined;
-  let tcpListener: TcpListener | undefined;
-  if (options.unix !== undefined) {
-    listener = Deno.listen({ transport: "unix", path: options.unix });
-  } else if (options.tls !== undefined) {
-    listener = Deno.listenTls({
-      hostname: options.hostname ?? "0.0.0.0",
-      port: options.port ?? 0,
-      cert: options.tls.cert,
-      key: options.tls.key,
-    });
-  } else {
-    const hostname = options.hostname ?? "0.0.0.0";
-    const port = options.port ?? 0;
-    if (options.tcp === "node:net") {
-      tcpListener = listenTcp(hostname, port, (transport) => {
-        if (closing) {
-          transport.close();
-          return;
-        }
-        active++;
-        handle(transport);
-      }, (error) => logger?.warn(`accept failed: ${error}`));
-    }
-    if (tcpListener === undefined) listener = Deno.listen({ hostname, port });
-  }
-  const connections = new Set<ServerConnection>();
-  // Connections whose handshake or handler hasn't finished, counted rather than
-  // tracked one promise each; close() waits for the count to reach zero.
-  let active = 0;
-  let idleResolve: (() => void) | undefined;
-  function taskDone(): void {
-    if (--active === 0 && idleResolve !== undefined) {
-      idleResolve();
-      idleResolve = undefined;
-    }
-  }
-  const logger = options.logger;
-  const extensions = options.extensions ??
-    (options.compression === null ? [] : defaultServerExtensions());
-  const openTimeout = options.openTimeout ?? DEFAULTS.openTimeout;
-  const closeTimeout = options.closeTimeout ?? DEFAULTS.closeTimeout;
-  let closing = false;
-  let closed = false;
-  // Connections in their opening handshake, with the time it started (oldest first).
-  const inHandshake = new Map<ServerConnection, number>();
-  // One timer per server drops handshakes older than openTimeout, rather than a timer per
-  // connection: a handshake ends between openTimeout and 1.25 × openTimeout after it began.
-  let sweepTimer: ReturnType<typeof setTimeout> | undefined;
-  const sweepEvery = Math.max(openTimeout / 4, 1);
-  function sweep(): void {
-    sweepTimer = undefined;
-    const now = performance.now();
-    for (const [connection, started] of inHandshake) {
-      if (now - started < openTimeout) break;
-      inHandshake.delete(connection);
-      if (connection.state === State.CONNECTING) {
-        logger?.info(`connection ${connection.id}: ${new HandshakeTimeout(openTimeout).message}`);
-        connection.abort();
-      }
-    }
-    if (inHandshake.size !== 0 && !closed) sweepTimer = setTimeout(sweep, sweepEvery);
-  }
-
-  // A hook that throws is a bug in the application: answer 500, log it, go on serving.
-  function hookFailed(
-    protocol: ServerProtocol,
-    connection: ServerConnection,
-    hook: string,
-    error: unknown,
-  ): Response {
-    logger?.error(`connection ${connection.id}: error in ${hook}`, error);
-    const response = protocol.reject(
-      500,
-      "Failed to open a WebSocket connection.\nSee server log for more information.\n",
-    );
-    response.exception = error instanceof Error ? error : new Error(String(error));
-    return response;
-  }
-
-  // One handshake hook for every connection: the protocol is found on the connection.
-  async function onHandshake(event: ProtocolEvent, current: StreamConnection): Promise<void> {
-    if (event.type !== "request") return;
-    const request = event.request;
-    const self = current as ServerConnection;
-    const protocol = self.protocol as ServerProtocol;
-    let response: Response | undefined;
-    if (options.processRequest !== undefined) {
-      try {
-        const answer = await options.processRequest(self, request);
-        if (answer !== undefined) response = await toResponse(answer);
-      } catch (error) {
-        response = hookFailed(protocol, self, "processRequest", error);
-      }
-    }
-    if (response === undefined) {
-      if (
-        options.maxConnections !== undefined &&
-        connections.size + inHandshake.size > options.maxConnections
-      ) {
-        response = protocol.reject(
-          503,
-          `Too many connections: the limit is ${options.maxConnections}.\n`,
-        );
-        response.exception = new InvalidHandshake(
-          `too many connections: limit is ${options.maxConnections}`,
-        );
-      } else if (closing) {
-        response = protocol.reject(503, "Server is shutting down.\n");
-      } else {
-        response = protocol.accept(request);
-      }
-    }
-    if (options.processResponse !== undefined) {
-      try {
-        const answer = await options.processResponse(self, request, response);
-        if (answer !== undefined) response = await toResponse(answer);
-      } catch (error) {
-        response = hookFailed(protocol, self, "processResponse", error);
-      }
-    }
-    if (protocol.state !== State.CONNECTING) return; // the peer went away meanwhile
-    protocol.sendResponse(response);
-    self.flushSoon();
-    const status = response.statusCode;
-    if (status !== 101) {
-      logger?.info(
-        `connection ${self.id}: handshake answered ${status}${
-          response.exception ? `: ${response.exception.message}` : ""
-        }`,
-      );
-    }
-  }
-
-  const connectionOptions: StreamConnectionOptions = {
-    ...options,
-    onHandshake,
-    // A TLS connection closes with a close_notify that a half-close sends: keep that.
-    closeAtOnce: options.tls === undefined,
-  };
-  const protocolOptions = {
-    origins: options.origins,
-    extensions,
-    subprotocols: options.subprotocols,
-    selectSubprotocol: options.selectSubprotocol,
-    serverHeader: options.serverHeader === null
-      ? undefined
-      : (options.serverHeader ?? SERVER_HEADER),
-    maxSize: options.maxSize,
-    httpLimits: options.httpLimits,
-    logger,
-  };
-
-  // Never rejects; calls taskDone() once the handshake failed or the handler finished.
-  async function handle(conn: Transport): Promise<void> {
-    let connection: ServerConnection;
-    try {
-      connection = await handshake(conn);
-    } catch (error) {
-      if (error !== HANDSHAKE_FAILED) unexpectedError(error);
-      taskDone();
-      return;
-    }
-    // The handler runs in a function of its own, so that nothing of the handshake stays referenced.
-    runHandler(connection);
-  }
-
-  async function handshake(conn: Transport): Promise<ServerConnection> {
-    if ((conn as Deno.TcpConn).setNoDelay !== undefined && options.unix === undefined) {
-      try {
-        (conn as Deno.TcpConn).setNoDelay(true);
-      } catch {
-        // not TCP
-      }
-    }
-    const protocol = new ServerProtocol(protocolOptions);
-    const connection = new ServerConnection(protocol, conn, connectionOptions);
-    inHandshake.set(connection, performance.now());
-    if (sweepTimer === undefined && !closed) sweepTimer = setTimeout(sweep, sweepEvery);
-    connection.start();
-    try {
-      await connection.handshake;
-    } catch {
-      // Answered with an HTTP error, timed out, or the peer left; the connection ends by itself.
-      throw HANDSHAKE_FAILED;
-    } finally {
-      inHandshake.delete(connection);
-    }
-    return connection;
-  }
-
-  // Never rejects; calls taskDone() once the handler finished.
-  async function runHandler(connection: ServerConnection): Promise<void> {
-    connections.add(connection);
-    try {
-      await handler(connection);
-      await connection.close();
-    } catch (error) {
-      try {
-        if (connection.state === State.OPEN || connection.state === State.CONNECTING) {
-          logger?.error(`connection ${connection.id}: error in connection handler`, error);
-          await connection.close(1011, "internal error");
-        } else if (!(error instanceof Error && error.name.startsWith("ConnectionClosed"))) {
-          logger?.error(`connection ${connection.id}: error in connection handler`, error);
-        }
-      } catch (closeError) {
-        unexpectedError(closeError);
-      }
-    } finally {
-      connections.delete(connection);
-      taskDone();
-    }
-  }
-
-  function unexpectedError(error: unknown): void {
-    logger?.error("unexpected error in connection", error);
-  }
-
-  async function acceptLoop(): Promise<void> {
-    if (listener === undefined) return;
-    while (true) {
-      let conn: Deno.Conn;
-      try {
-        conn = await listener.accept();
-      } catch (error) {
-        if (closing) return;
-        if (error instanceof Deno.errors.BadResource || error instanceof Deno.errors.Interrupted) {
-          return;
-        }
-        // E.g. too many open files: wait a little and go on serving.
-        logger?.warn(`accept failed: ${error}`);
-        await new Promise((resolve) => setTimeout(resolve, 50));
-        continue;
-      }
-      active++;
-      handle(conn);
-    }
-  }
-
-  const acceptLoopDone = acceptLoop();
-  let finishedResolve!: () => void;
-  const finished = new Promise<void>((resolve) => (finishedResolve = resolve));
-  let closePromise: Promise<void> | undefined;
-
-  async function close(): Promise<void> {
-    closing = true;
-    try {
-      listener?.close();
-      tcpListener?.close();
-    } catch {
-      // already closed
-    }
-    await acceptLoopDone;
-    // Connections that haven't sent a request yet (e.g. a browser's spare
-    // sockets) have nothing to finish: drop them now.
-    for (const connection of inHandshake.keys()) {
-      if (connection.request === undefined) {
-        connection.abort();
-      }
-    }
-    const all = [...connections];
-    await Promise.all(all.map((connection) => connection.close(1001, "server shutting down")));
-    // Handshakes in progress end within openTimeout; bound the wait by closeTimeout too.
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([
-      active === 0 ? undefined : new Promise<void>((resolve) => (idleResolve = resolve)),
-      new Promise((resolve) => (timer = setTimeout(resolve, closeTimeout))),
-    ]);
-    clearTimeout(timer);
-    // Handshakes still in progress are dropped so that no socket outlives close().
-    const dropped = [...inHandshake.keys()];
-    for (const connection of dropped) {
-      connection.abort();
-    }
-    await Promise.all(dropped.map((connection) => connection.closed));
-    closed = true;
-    clearTimeout(sweepTimer);
-    sweepTimer = undefined;
-    finishedResolve();
-  }
-
-  options.signal?.addEventListener("abort", () => {
-    closePromise ??= close();
-  }, { once: true });
-
-  const addr = listener?.addr ?? tcpListener!.addr;
-  return {
-    addr,
-    port: addr.transport === "tcp" || addr.transport === "udp" ? addr.port : 0,
-    connections,
-    finished,
-    close(): Promise<void> {
-      closePromise ??= close();
-      return closePromise;
-    },
-    [Symbol.asyncDispose](): Promise<void> {
-      closePromise ??= close();
-      return closePromise;
-    },
-  };
+  return new Server(handler, options);
 }
 
 /**
