@@ -159,6 +159,9 @@ export interface Logger {
  *
  * - `request` (server) / `response` (client): the opening handshake;
  * - `message`: a complete message, `string` for Text, `Uint8Array` for Binary;
+ * - `fragment`: a part of the message streamed after
+ *   {@linkcode Protocol.prototype.streamMessage}, as it arrives: Text
+ *   decoded incrementally, Binary as a view; `fin` on its last part;
  * - `ping` / `pong`: control frames (pings are answered automatically);
  * - `close`: the close frame received (`code` 1005 when it had no payload).
  *
@@ -173,9 +176,43 @@ export type ProtocolEvent =
   | { type: "request"; request: Request }
   | { type: "response"; response: Response }
   | { type: "message"; data: string | Uint8Array }
+  | { type: "fragment"; data: string | Uint8Array; fin: boolean }
   | { type: "ping"; data: Uint8Array }
   | { type: "pong"; data: Uint8Array }
   | { type: "close"; close: Close };
+
+/**
+ * What a connection received and sent since it was created, kept by
+ * {@linkcode Protocol} as plain numbers incremented in place (no object per
+ * message). Payload bytes are the application's (after decompression when
+ * received, before compression when sent; UTF-8 for Text); wire bytes are
+ * the bytes on the transport, handshake, frame headers and control frames
+ * included, so `bytesSent - wireBytesSent` shows what compression saved.
+ *
+ * @example
+ * ```ts
+ * import type { TrafficCounters } from "@denows/websockets/protocol";
+ * const counters: TrafficCounters = {
+ *   messagesReceived: 1, bytesReceived: 5, wireBytesReceived: 11,
+ *   messagesSent: 1, bytesSent: 5, wireBytesSent: 7,
+ * };
+ * console.log(counters.wireBytesSent - counters.bytesSent); // 2
+ * ```
+ */
+export interface TrafficCounters {
+  /** Data messages received whole (a streamed message counts once its last part came). */
+  messagesReceived: number;
+  /** Payload bytes of the data frames received. */
+  bytesReceived: number;
+  /** Bytes read from the transport. */
+  wireBytesReceived: number;
+  /** Data messages sent (a fragmented one counts once its last frame is queued). */
+  messagesSent: number;
+  /** Payload bytes of the data frames sent. */
+  bytesSent: number;
+  /** Bytes queued for the transport. */
+  wireBytesSent: number;
+}
 
 /** Options shared by {@linkcode ClientProtocol} and {@linkcode ServerProtocol}. */
 export interface ProtocolOptions {
@@ -326,6 +363,15 @@ export abstract class Protocol {
   eofReceived = false;
   /** Whether the end of the outgoing stream was requested. */
   eofSent = false;
+  /** What was received and sent so far; see {@linkcode TrafficCounters}. */
+  readonly counters: TrafficCounters = {
+    messagesReceived: 0,
+    bytesReceived: 0,
+    wireBytesReceived: 0,
+    messagesSent: 0,
+    bytesSent: 0,
+    wireBytesSent: 0,
+  };
 
   /** Where frame traces and state changes go, if anywhere. */
   protected readonly logger: Logger | undefined;
@@ -346,6 +392,10 @@ export abstract class Protocol {
   #sendOpcode: Opcode | undefined;
   #sendOptions: EncodeOptions | undefined;
   #discarding = false;
+  // Set by streamMessage(): the size limit of the message delivered as fragment events, and its
+  // bytes so far (0 otherwise).
+  #streamMaxSize: number | undefined;
+  #streamSize = 0;
 
   /** Creates the shared state; see {@linkcode ProtocolOptions}. */
   constructor(options: ProtocolOptions = {}) {
@@ -356,7 +406,12 @@ export abstract class Protocol {
 
   // Bytes of the fragmented message being received so far.
   get #recvSize(): number {
-    return this.#recvFragments?.size ?? 0;
+    return this.#recvFragments?.size ?? this.#streamSize;
+  }
+
+  // The size limit of the message being received.
+  get #recvMaxSize(): number {
+    return this.#streamMaxSize ?? this.maxSize;
   }
 
   /** The current state. */
@@ -441,6 +496,7 @@ export abstract class Protocol {
   receiveData(data: Uint8Array): void {
     if (this.eofReceived) throw new InvalidState("cannot receive data after the end of the stream");
     if (this.#discarding) return;
+    this.counters.wireBytesReceived += data.length;
     if (this.#state === State.CONNECTING) {
       const rest = this.receiveHandshake(data);
       if (rest === undefined || rest.length === 0 || this.state !== State.OPEN) return;
@@ -500,6 +556,7 @@ export abstract class Protocol {
   receiveInto(count: number): void {
     if (this.eofReceived) throw new InvalidState("cannot receive data after the end of the stream");
     if (this.#discarding) return;
+    this.counters.wireBytesReceived += count;
     this.reader!.payloadReceived(count);
     this.#parseFrames();
   }
@@ -508,7 +565,7 @@ export abstract class Protocol {
     const reader = this.reader!;
     try {
       while (!this.#discarding) {
-        reader.maxSize = this.maxSize - this.#recvSize;
+        reader.maxSize = this.#recvMaxSize - this.#recvSize;
         const frame = reader.next();
         if (frame === undefined) break;
         this.receiveFrame(frame);
@@ -516,9 +573,10 @@ export abstract class Protocol {
     } catch (error) {
       // The reader and the extensions check a frame against what is left of
       // maxSize: report the size of the whole message against maxSize itself.
+      const maxSize = this.#recvMaxSize;
       this.failOnError(
-        error instanceof PayloadTooBig && error.maxSize !== this.maxSize
-          ? new PayloadTooBig(this.#recvSize + error.size, this.maxSize)
+        error instanceof PayloadTooBig && error.maxSize !== maxSize
+          ? new PayloadTooBig(this.#recvSize + error.size, maxSize)
           : error,
       );
     }
@@ -569,8 +627,9 @@ export abstract class Protocol {
       throw new ProtocolError("expected a continuation frame");
     }
     const extensions = this.extensions;
+    const maxSize = this.#recvMaxSize;
     if (extensions.length !== 0) {
-      const remaining = this.maxSize - this.#recvSize;
+      const remaining = maxSize - this.#recvSize;
       for (let i = extensions.length - 1; i >= 0; i--) {
         frame = extensions[i].decode(frame, { maxSize: remaining });
       }
@@ -578,8 +637,15 @@ export abstract class Protocol {
     if (frame.rsv1 || frame.rsv2 || frame.rsv3) throw new ProtocolError("reserved bits must be 0");
     const data = frame.data;
     const size = this.#recvSize + data.length;
-    if (size > this.maxSize) throw new PayloadTooBig(size, this.maxSize);
+    if (size > maxSize) throw new PayloadTooBig(size, maxSize);
+    if (this.#streamMaxSize !== undefined) {
+      this.#receiveFragment(opcode, data, frame.fin);
+      return;
+    }
+    const counters = this.counters;
     if (opcode !== Opcode.CONT && frame.fin) {
+      counters.messagesReceived++;
+      counters.bytesReceived += data.length;
       // A whole message in one frame: the common case, without copies.
       if (opcode === Opcode.TEXT) {
         let text: string;
@@ -611,10 +677,92 @@ export abstract class Protocol {
     fragments.add(data);
     if (!frame.fin) return;
     const bytes = fragments.join();
+    counters.messagesReceived++;
+    counters.bytesReceived += bytes.length;
     const message = this.#recvOpcode === Opcode.TEXT ? textDecoder.decode(bytes) : bytes;
     this.#recvOpcode = undefined;
     this.#recvFragments = undefined;
     this.#events.push({ type: "message", data: message });
+  }
+
+  /**
+   * Delivers the message being received, or else the next one, as
+   * `fragment` events rather than one `message` event: each data frame's
+   * payload as it arrives (what came of it before this call in the first
+   * event), Text decoded incrementally and validated across frames, Binary
+   * as views of the bytes received. The message may have up to `maxSize`
+   * bytes (default: the protocol's `maxSize`); beyond, the connection fails
+   * with 1009 at the frame that crosses it. Messages after it are
+   * reassembled again.
+   *
+   * @example
+   * ```ts
+   * import { ClientProtocol, ServerProtocol } from "@denows/websockets/protocol";
+   * import { parseUri } from "@denows/websockets/uri";
+   * const client = new ClientProtocol(parseUri("ws://example.com/"));
+   * const server = new ServerProtocol();
+   * client.sendRequest(client.connect());
+   * for (const chunk of client.dataToSend()) server.receiveData(chunk);
+   * const [event] = server.eventsReceived();
+   * if (event.type === "request") server.sendResponse(server.accept(event.request));
+   * for (const chunk of server.dataToSend()) client.receiveData(chunk);
+   * const bytes = new TextEncoder().encode("café"); // é is 2 bytes
+   * client.sendText(bytes.subarray(0, 4), false);
+   * client.sendContinuation(bytes.subarray(4), true);
+   * server.streamMessage();
+   * for (const chunk of client.dataToSend()) server.receiveData(chunk);
+   * console.log(server.eventsReceived());
+   * // [ { type: "fragment", data: "caf", fin: false }, { type: "fragment", data: "é", fin: true } ]
+   * ```
+   */
+  streamMessage(maxSize: number = this.maxSize): void {
+    if (!(maxSize >= 0)) throw new RangeError(`maxSize must be a positive number, got ${maxSize}`);
+    if (this.#streamMaxSize !== undefined) {
+      throw new InvalidState("cannot stream a message: a message is being streamed already");
+    }
+    this.#streamMaxSize = maxSize;
+    const fragments = this.#recvFragments;
+    if (fragments === undefined) return;
+    // A message half received: what came so far is its first part.
+    this.#recvFragments = undefined;
+    this.#streamSize = fragments.size;
+    if (fragments.size > maxSize) {
+      this.failOnError(new PayloadTooBig(fragments.size, maxSize));
+      return;
+    }
+    if (fragments.size === 0) return;
+    const bytes = fragments.join();
+    this.counters.bytesReceived += bytes.length;
+    // (The validating decoder goes on from the end of these bytes: this one is thrown away.)
+    const data = this.#recvOpcode === Opcode.TEXT
+      ? new TextDecoder("utf-8", { fatal: true }).decode(bytes, { stream: true })
+      : bytes;
+    this.#events.push({ type: "fragment", data, fin: false });
+  }
+
+  // A data frame of a streamed message: one fragment event.
+  #receiveFragment(opcode: Opcode, data: Uint8Array, fin: boolean): void {
+    if (opcode !== Opcode.CONT) this.#recvOpcode = opcode;
+    let part: string | Uint8Array = data;
+    if (this.#recvOpcode === Opcode.TEXT) {
+      const decoder = this.#recvDecoder ??= new TextDecoder("utf-8", { fatal: true });
+      try {
+        part = decoder.decode(data, { stream: !fin });
+      } catch {
+        this.#recvDecoder = undefined;
+        throw new ProtocolError("invalid UTF-8 in text message", CloseCode.INVALID_DATA);
+      }
+    }
+    const counters = this.counters;
+    counters.bytesReceived += data.length;
+    this.#streamSize += data.length;
+    if (fin) {
+      counters.messagesReceived++;
+      this.#recvOpcode = undefined;
+      this.#streamMaxSize = undefined;
+      this.#streamSize = 0;
+    }
+    this.#events.push({ type: "fragment", data: part, fin });
   }
 
   /** Handles a ping, pong or close frame. */
@@ -684,7 +832,9 @@ export abstract class Protocol {
     }
     const bytes = typeof data === "string" ? textEncoder.encode(data) : data;
     this.sendFrame(new Frame(Opcode.CONT, bytes, { fin }), this.#sendOptions);
+    this.counters.bytesSent += bytes.length;
     if (fin) {
+      this.counters.messagesSent++;
       this.#sendOpcode = undefined;
       this.#sendOptions = undefined;
     }
@@ -702,7 +852,10 @@ export abstract class Protocol {
       throw new InvalidState("cannot start a new message: a fragmented message is being sent");
     }
     this.sendFrame(new Frame(opcode, data, { fin }), options);
-    if (!fin) {
+    const counters = this.counters;
+    counters.bytesSent += data.length;
+    if (fin) counters.messagesSent++;
+    else {
       this.#sendOpcode = opcode;
       this.#sendOptions = options;
     }
@@ -712,14 +865,18 @@ export abstract class Protocol {
    * Queues bytes of a data frame that is already serialized and encoded for
    * this connection's extensions (what `broadcast()` shares between
    * connections). Server side only: client frames are masked one by one.
+   * `payloadLength`, the message's bytes before encoding, is counted in
+   * {@linkcode Protocol.prototype.counters} (default 0).
    */
-  sendSerialized(bytes: Uint8Array): void {
+  sendSerialized(bytes: Uint8Array, payloadLength: number = 0): void {
     this.checkCanSend("data frame");
     if (this.#sendOpcode !== undefined) {
       throw new InvalidState("cannot start a new message: a fragmented message is being sent");
     }
     if (this.isClient) throw new InvalidState("cannot send pre-serialized frames as a client");
     this.pushOutput(bytes);
+    this.counters.messagesSent++;
+    this.counters.bytesSent += payloadLength;
   }
 
   /** Sends a ping with up to 125 bytes of payload. */
@@ -807,6 +964,7 @@ export abstract class Protocol {
   protected pushOutput(bytes: Uint8Array): void {
     this.#output.push(bytes);
     this.#outputLength += bytes.length;
+    this.counters.wireBytesSent += bytes.length;
   }
 
   /** Queues the end-of-stream marker: the transport is to be closed. */

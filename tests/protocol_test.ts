@@ -2909,3 +2909,165 @@ Deno.test("protocol: mutated handshakes only fail with named errors", () => {
     }
   }
 });
+
+// ---------------------------------------------------------------- Streaming messages
+
+Deno.test("protocol: a streamed text message comes as fragments, a split character whole in the next", () => {
+  const server = openServer();
+  server.streamMessage();
+  const bytes = utf8("café ok"); // é is 0xc3 0xa9
+  feed(server, new Frame(Opcode.TEXT, bytes.subarray(0, 4), { fin: false }));
+  feed(server, cont(bytes.subarray(4, 6), false));
+  feed(server, cont(bytes.subarray(6)));
+  feed(server, text("next"));
+  assert.deepEqual(server.eventsReceived(), [
+    { type: "fragment", data: "caf", fin: false },
+    { type: "fragment", data: "é ", fin: false },
+    { type: "fragment", data: "ok", fin: true },
+    { type: "message", data: "next" },
+  ]);
+});
+
+Deno.test("protocol: a streamed binary message comes as views of the bytes received", () => {
+  const client = openClient();
+  client.streamMessage();
+  const chunk = concat(unmasked(binary(new Uint8Array([1, 2]), false)), unmasked(cont(utf8("x"))));
+  client.receiveData(chunk);
+  const events = client.eventsReceived();
+  assert.deepEqual(events, [
+    { type: "fragment", data: new Uint8Array([1, 2]), fin: false },
+    { type: "fragment", data: utf8("x"), fin: true },
+  ]);
+  assert.equal((events[0] as { data: Uint8Array }).data.buffer, chunk.buffer);
+});
+
+Deno.test("protocol: an unfragmented streamed message is one fragment", () => {
+  const server = openServer();
+  server.streamMessage();
+  feed(server, binary(new Uint8Array([7])));
+  assert.deepEqual(server.eventsReceived(), [
+    { type: "fragment", data: new Uint8Array([7]), fin: true },
+  ]);
+});
+
+Deno.test("protocol: streaming a half-received message gives what came so far first", () => {
+  const server = openServer();
+  const bytes = utf8("né!");
+  feed(server, new Frame(Opcode.TEXT, bytes.subarray(0, 2), { fin: false }));
+  server.streamMessage();
+  feed(server, cont(bytes.subarray(2)));
+  assert.deepEqual(server.eventsReceived(), [
+    { type: "fragment", data: "n", fin: false },
+    { type: "fragment", data: "é!", fin: true },
+  ]);
+});
+
+Deno.test("protocol: invalid UTF-8 in a streamed message fails with 1007 at its fragment", () => {
+  const server = openServer();
+  server.streamMessage();
+  feed(server, new Frame(Opcode.TEXT, utf8("valid "), { fin: false }));
+  feed(server, cont(new Uint8Array([0xe2, 0x82]), false));
+  assert.deepEqual(server.eventsReceived(), [
+    { type: "fragment", data: "valid ", fin: false },
+    { type: "fragment", data: "", fin: false },
+  ]);
+  feed(server, cont(new Uint8Array([0x41]), false));
+  assertFailed(server, 1007, "invalid UTF-8 in text message", ProtocolError);
+});
+
+Deno.test("protocol: a streamed message may exceed maxSize up to the limit of its call", () => {
+  const server = openServer({ maxSize: 4 });
+  server.streamMessage(Infinity);
+  feed(server, binary(new Uint8Array(5), false));
+  feed(server, cont(new Uint8Array(5)));
+  assert.deepEqual(server.eventsReceived(), [
+    { type: "fragment", data: new Uint8Array(5), fin: false },
+    { type: "fragment", data: new Uint8Array(5), fin: true },
+  ]);
+  assert.equal(server.state, State.OPEN);
+});
+
+Deno.test("protocol: a streamed message fails with 1009 at the fragment that crosses its limit", () => {
+  const server = openServer({ maxSize: 100 });
+  server.streamMessage(10);
+  feed(server, binary(new Uint8Array(6), false));
+  feed(server, cont(new Uint8Array(4), false));
+  assert.equal(server.eventsReceived().length, 2);
+  feed(server, cont(new Uint8Array(1)));
+  assertFailed(
+    server,
+    1009,
+    "message too big: 11 bytes exceeds maxSize of 10 bytes",
+    PayloadTooBig,
+  );
+});
+
+Deno.test("protocol: after a streamed message, messages over maxSize fail again", () => {
+  const server = openServer({ maxSize: 4 });
+  server.streamMessage(Infinity);
+  feed(server, binary(new Uint8Array(5)));
+  assert.deepEqual(server.eventsReceived(), [
+    { type: "fragment", data: new Uint8Array(5), fin: true },
+  ]);
+  feed(server, binary(new Uint8Array(5)));
+  assertFailed(
+    server,
+    1009,
+    "message too big: 5 bytes exceeds maxSize of 4 bytes",
+    PayloadTooBig,
+  );
+});
+
+Deno.test("protocol: streamMessage while a message is streamed throws InvalidState", () => {
+  const server = openServer();
+  server.streamMessage();
+  assert.throws(() => server.streamMessage(), {
+    name: "InvalidState",
+    message: "cannot stream a message: a message is being streamed already",
+  });
+});
+
+// ---------------------------------------------------------------- Counters
+
+Deno.test("protocol: counters count messages, payload bytes and wire bytes both ways", () => {
+  const server = openServer();
+  const handshake = { ...server.counters };
+  feed(server, text("héllo")); // 6 bytes of UTF-8 in a 6 + 6 byte masked frame
+  feed(server, binary(new Uint8Array(3), false));
+  feed(server, cont(new Uint8Array(2)));
+  server.sendText("hi");
+  server.sendBinary(new Uint8Array(200));
+  server.sendPing(utf8("p"));
+  const after = server.counters;
+  assert.deepEqual({
+    messagesReceived: after.messagesReceived,
+    bytesReceived: after.bytesReceived,
+    wireBytesReceived: after.wireBytesReceived - handshake.wireBytesReceived,
+    messagesSent: after.messagesSent,
+    bytesSent: after.bytesSent,
+    wireBytesSent: after.wireBytesSent - handshake.wireBytesSent,
+  }, {
+    messagesReceived: 2,
+    bytesReceived: 11,
+    wireBytesReceived: (6 + 6) + (6 + 3) + (6 + 2),
+    messagesSent: 2,
+    bytesSent: 202,
+    wireBytesSent: (2 + 2) + (4 + 200) + (2 + 1),
+  });
+  assert.ok(handshake.wireBytesReceived > 100 && handshake.wireBytesSent > 100);
+});
+
+Deno.test("protocol: sendSerialized counts the payload length it is given", () => {
+  const server = openServer();
+  const before = { ...server.counters };
+  const bytes = unmasked(text("shared"));
+  server.sendSerialized(bytes, 6);
+  assert.deepEqual(
+    [
+      server.counters.messagesSent - before.messagesSent,
+      server.counters.bytesSent - before.bytesSent,
+      server.counters.wireBytesSent - before.wireBytesSent,
+    ],
+    [1, 6, bytes.length],
+  );
+});
