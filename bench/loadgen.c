@@ -12,9 +12,14 @@
  *   broadcast  --conns 1000 --size B --window W --seconds S      deliveries/s, drain time, latency
  *   handshake  --concurrency 50 --seconds S                      open + close cycles per second
  *   idle       --conns N --hold S                                opens N connections, holds them
+ *   crowd      --conns N --hold S --fanout K                     opens N connections as fast as
+ *                                                                it can (handshakes/s), holds
+ *                                                                them, then times K broadcasts
+ *                                                                of one message to all of them
  *
  * Prints one JSON line with the results on stdout. Diagnostics go to stderr; the idle scenario
- * writes "loadgen: idle: ready" there once every connection is open and has exchanged one message.
+ * writes "loadgen: idle: ready" there once every connection is open and has exchanged one message,
+ * the crowd scenario "loadgen: crowd: ready" once every connection is open.
  * Any handshake failure, protocol error or unexpected close ends the run with exit code 1 and a
  * message; the hard timeout (--timeout) ends it with exit code 2.
  *
@@ -47,7 +52,7 @@
 /* ------------------------------------------------------------------------------------------ */
 /* Configuration                                                                              */
 
-enum scenario { SC_ECHO, SC_BROADCAST, SC_HANDSHAKE, SC_IDLE };
+enum scenario { SC_ECHO, SC_BROADCAST, SC_HANDSHAKE, SC_IDLE, SC_CROWD };
 
 static struct {
   enum scenario scenario;
@@ -67,6 +72,8 @@ static struct {
   double timeout;
   int deflate;
   int text;
+  int sources;
+  int fanout;
 } cfg = {
     .host = "127.0.0.1",
     .port = 0,
@@ -83,6 +90,8 @@ static struct {
     .timeout = 0,
     .deflate = 0,
     .text = 0,
+    .sources = 0,
+    .fanout = 0,
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -429,6 +438,16 @@ static void conn_start(conn_t *c) {
   if (fd < 0) die("socket: %s (raise the open-files limit?)", strerror(errno));
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (cfg.sources > 1) {
+    /* One loopback address has about 28 000 ephemeral ports towards one server port: spread
+     * the connections over 127.0.0.2, 127.0.0.3, ... The port is chosen at connect() time
+     * (IP_BIND_ADDRESS_NO_PORT), from the ports free for this address and the server's. */
+    setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+    struct sockaddr_in source = {.sin_family = AF_INET, .sin_port = 0};
+    source.sin_addr.s_addr = htonl(0x7F000002u + (uint32_t)(c->index % cfg.sources));
+    if (bind(fd, (struct sockaddr *)&source, sizeof source) < 0)
+      die("connection %d: bind to a source address: %s", c->index, strerror(errno));
+  }
   c->fd = fd;
   c->state = CS_CONNECTING;
   c->started_ns = now_ns();
@@ -571,7 +590,8 @@ static void frame_complete(conn_t *c) {
   if (c->fin) {
     c->in_message = 0;
     c->messages++;
-    if (c->msg_opcode == sync_opcode && cfg.scenario == SC_BROADCAST) {
+    if (c->msg_opcode == sync_opcode &&
+        (cfg.scenario == SC_BROADCAST || cfg.scenario == SC_CROWD)) {
       on_sync_message(c);
       return;
     }
@@ -717,6 +737,10 @@ static void on_writable(conn_t *c) {
 
 enum phase { PH_CONNECT, PH_SYNC, PH_RUN, PH_DRAIN, PH_HOLD };
 static const char *const phase_names[] = {"connect", "sync", "run", "drain", "hold"};
+/* crowd: per-round fan-out times, and the round under way */
+static uint64_t *round_ns;
+static int rounds_done, round_received;
+static uint64_t round_start;
 static enum phase phase = PH_CONNECT;
 static int next_to_open, pending, opened;
 static uint64_t t_connected, t_window_start, t_end;
@@ -773,6 +797,13 @@ static void on_all_open(void) {
     }
   } else if (cfg.scenario == SC_BROADCAST) {
     phase = PH_SYNC;
+  } else if (cfg.scenario == SC_CROWD) {
+    double seconds = (double)(now - t_run_start) / 1e9;
+    fprintf(stderr, "loadgen: crowd: ready (%d connections open, %.0f handshakes/s)\n",
+            conn_count, seconds > 0 ? conn_count / seconds : 0);
+    fflush(stderr);
+    phase = PH_HOLD;
+    hold_until = now + (uint64_t)(cfg.hold * 1e9);
   }
 }
 
@@ -787,6 +818,8 @@ static void on_open(conn_t *c) {
   }
   pending--;
   opened++;
+  /* connect to 101, for every connection of the idle and crowd scenarios */
+  hist_add(cur_ns - c->started_ns);
   if (cfg.scenario == SC_IDLE) queue_data(c);
   if (opened == conn_count)
     on_all_open();
@@ -811,6 +844,20 @@ static void broadcast_receipt(conn_t *c) {
     receipts[s] = 0;
     acked++;
   }
+}
+
+/* Starts the next fan-out round: one message from the first client to every client. */
+static void crowd_round_start(void) {
+  round_received = 0;
+  round_start = now_ns();
+  queue_data(&conns[0]);
+  flush(&conns[0]);
+}
+
+static void crowd_round_done(void) {
+  round_ns[rounds_done++] = cur_ns - round_start;
+  if (rounds_done == cfg.fanout) finish();
+  crowd_round_start();
 }
 
 static void on_message(conn_t *c, uint64_t len, int compressed) {
@@ -848,6 +895,14 @@ static void on_message(conn_t *c, uint64_t len, int compressed) {
     break;
   case SC_HANDSHAKE:
     die("connection %d: unexpected data message during the handshake scenario", c->index);
+  case SC_CROWD:
+    /* Every client gets each round's message exactly once, the sender included. */
+    if (phase != PH_RUN || c->received != (uint64_t)rounds_done)
+      die("connection %d: received a message outside fan-out round %d", c->index,
+          rounds_done + 1);
+    c->received++;
+    if (++round_received == conn_count) crowd_round_done();
+    break;
   }
 }
 
@@ -886,6 +941,10 @@ static void broadcast_tick(uint64_t now) {
      * Another one goes out only once the server has stopped delivering the previous one. */
     if (synced == conn_count) {
       phase = PH_RUN;
+      if (cfg.scenario == SC_CROWD) {
+        crowd_round_start();
+        return;
+      }
       begin_window(now);
     } else if (now - last_sync_ns >= 20 * 1000000ull &&
                now - last_sync_rx_ns >= 50 * 1000000ull) {
@@ -950,6 +1009,13 @@ static void tick(void) {
   case SC_IDLE:
     if (phase == PH_HOLD && now >= hold_until) finish();
     break;
+  case SC_CROWD:
+    if (phase == PH_HOLD && now >= hold_until) {
+      if (cfg.fanout == 0) finish();
+      phase = PH_SYNC;
+    }
+    if (phase == PH_SYNC) broadcast_tick(now);
+    break;
   }
 }
 
@@ -1009,8 +1075,30 @@ static void finish(void) {
            hist_quantile(0.99));
     break;
   case SC_IDLE:
-    printf(",\"hold_s\":%.3f", cfg.hold);
+  case SC_CROWD: {
+    double seconds = t_connected ? (double)(t_connected - t_run_start) / 1e9 : 0;
+    printf(",\"hold_s\":%.3f,\"sources\":%d,\"connect_concurrency\":%d,"
+           "\"handshakes_per_s\":%.1f,\"p50_us\":%.0f,\"p99_us\":%.0f",
+           cfg.hold, cfg.sources > 1 ? cfg.sources : 1, cfg.connect_concurrency,
+           seconds > 0 ? conn_count / seconds : 0, hist_quantile(0.50), hist_quantile(0.99));
+    if (cfg.scenario == SC_CROWD && cfg.fanout > 0) {
+      /* rounds in the order they ran, then the median */
+      double sorted[rounds_done > 0 ? rounds_done : 1];
+      printf(",\"fanout_ms\":[");
+      for (int i = 0; i < rounds_done; i++) {
+        sorted[i] = (double)round_ns[i] / 1e6;
+        printf("%s%.3f", i ? "," : "", sorted[i]);
+      }
+      for (int i = 1; i < rounds_done; i++)
+        for (int j = i; j > 0 && sorted[j - 1] > sorted[j]; j--) {
+          double t = sorted[j];
+          sorted[j] = sorted[j - 1];
+          sorted[j - 1] = t;
+        }
+      printf("],\"fanout_median_ms\":%.3f", rounds_done ? sorted[rounds_done / 2] : 0);
+    }
     break;
+  }
   }
   printf(",\"connect_ms\":%.1f,\"wall_s\":%.3f,\"cpu_s\":%.3f,\"cpu_pct\":%.1f,"
          "\"window_cpu_pct\":%.1f}\n",
@@ -1024,10 +1112,10 @@ static void finish(void) {
 /* Main                                                                                       */
 
 static void usage(void) {
-  fputs("usage: loadgen echo|broadcast|handshake|idle --port N [--host 127.0.0.1] [--path P]\n"
-        "         [--conns N] [--inflight K] [--size BYTES] [--seconds S] [--warmup S]\n"
-        "         [--window W] [--concurrency C] [--connect-concurrency C] [--hold S]\n"
-        "         [--timeout S] [--text] [--deflate]\n",
+  fputs("usage: loadgen echo|broadcast|handshake|idle|crowd --port N [--host 127.0.0.1]\n"
+        "         [--path P] [--conns N] [--inflight K] [--size BYTES] [--seconds S]\n"
+        "         [--warmup S] [--window W] [--concurrency C] [--connect-concurrency C]\n"
+        "         [--hold S] [--fanout K] [--sources N] [--timeout S] [--text] [--deflate]\n",
         stderr);
   exit(64);
 }
@@ -1052,6 +1140,8 @@ int main(int argc, char **argv) {
     cfg.scenario = SC_HANDSHAKE;
   else if (strcmp(argv[1], "idle") == 0)
     cfg.scenario = SC_IDLE;
+  else if (strcmp(argv[1], "crowd") == 0)
+    cfg.scenario = SC_CROWD;
   else
     usage();
 
@@ -1064,6 +1154,7 @@ int main(int argc, char **argv) {
       {"connect-concurrency", required_argument, 0, 'C'},
       {"hold", required_argument, 0, 'h'},    {"timeout", required_argument, 0, 'T'},
       {"text", no_argument, 0, 't'},          {"deflate", no_argument, 0, 'd'},
+      {"sources", required_argument, 0, 'o'}, {"fanout", required_argument, 0, 'f'},
       {0, 0, 0, 0}};
   int opt;
   optind = 2;
@@ -1085,12 +1176,15 @@ int main(int argc, char **argv) {
     case 'T': cfg.timeout = parse_num("timeout", optarg, 1, 86400); break;
     case 't': cfg.text = 1; break;
     case 'd': cfg.deflate = 1; break;
+    case 'o': cfg.sources = (int)parse_num("sources", optarg, 1, 250); break;
+    case 'f': cfg.fanout = (int)parse_num("fanout", optarg, 0, 1000); break;
     default: usage();
     }
   }
   if (optind != argc) usage();
   if (!cfg.port) die("--port is required");
-  if (!cfg.path) cfg.path = cfg.scenario == SC_BROADCAST ? "/broadcast" : "/echo";
+  if (!cfg.path)
+    cfg.path = cfg.scenario == SC_BROADCAST || cfg.scenario == SC_CROWD ? "/broadcast" : "/echo";
   if (cfg.path[0] != '/' || strpbrk(cfg.path, " \r\n")) die("--path must start with / and have no spaces");
   if (cfg.conns < 0) cfg.conns = cfg.scenario == SC_ECHO ? 100 : 1000;
   if (cfg.timeout == 0) cfg.timeout = 60 + cfg.warmup + cfg.seconds + cfg.hold;
@@ -1108,15 +1202,42 @@ int main(int argc, char **argv) {
   alarm((unsigned)(cfg.timeout + 5.999)); /* backstop if the loop itself stops turning */
 
   conn_count = cfg.scenario == SC_HANDSHAKE ? cfg.concurrency : cfg.conns;
+  /* Ephemeral ports: each source address reaches the server's port from this many. */
+  if (cfg.sources == 0) cfg.sources = conn_count > 20000 ? (conn_count + 19999) / 20000 : 1;
+  {
+    int lo = 32768, hi = 60999;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (f) {
+      if (fscanf(f, "%d %d", &lo, &hi) != 2) lo = 32768, hi = 60999;
+      fclose(f);
+    }
+    long ports = (long)(hi - lo + 1) * cfg.sources;
+    if (cfg.scenario != SC_HANDSHAKE && conn_count > ports)
+      die("%d connections need more ephemeral ports than the %ld of %d source address(es) "
+          "(net.ipv4.ip_local_port_range is %d-%d): use --sources %d",
+          conn_count, ports, cfg.sources, lo, hi, (conn_count + (hi - lo)) / (hi - lo + 1));
+  }
   struct rlimit rl;
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_max != RLIM_INFINITY) {
+    rlim_t need = (rlim_t)conn_count + 16;
+    if (rl.rlim_max < need) {
+      /* Raising the hard limit needs CAP_SYS_RESOURCE (root, outside most containers). */
+      struct rlimit raised = {need, need};
+      if (setrlimit(RLIMIT_NOFILE, &raised) == 0) rl = raised;
+    }
     if (rl.rlim_cur < rl.rlim_max) {
       rl.rlim_cur = rl.rlim_max;
       setrlimit(RLIMIT_NOFILE, &rl);
     }
-    if (rl.rlim_cur != RLIM_INFINITY && (rlim_t)conn_count + 16 > rl.rlim_cur)
-      die("%d connections need more open files than the limit of %llu", conn_count,
-          (unsigned long long)rl.rlim_cur);
+    if (rl.rlim_cur < need)
+      die("%d connections need an open-files limit of at least %llu, and this process may "
+          "have at most %llu (its hard limit), which it cannot raise without CAP_SYS_RESOURCE: "
+          "run it where `ulimit -Hn` is at least %llu (as root: `ulimit -n %llu`; systemd: "
+          "LimitNOFILE=; Docker: --ulimit nofile=%llu:%llu), with the kernel's fs.nr_open at "
+          "least that too",
+          conn_count, (unsigned long long)need, (unsigned long long)rl.rlim_max,
+          (unsigned long long)need, (unsigned long long)need, (unsigned long long)need,
+          (unsigned long long)need);
   }
 
   if (getrandom(&rng_state, sizeof rng_state, 0) != sizeof rng_state || rng_state == 0)
@@ -1139,6 +1260,7 @@ int main(int argc, char **argv) {
     conns[i].index = i;
     if (cfg.scenario == SC_ECHO) conns[i].fifo = xcalloc((size_t)cfg.inflight, sizeof(uint64_t));
   }
+  if (cfg.scenario == SC_CROWD) round_ns = xcalloc((size_t)(cfg.fanout ? cfg.fanout : 1), sizeof *round_ns);
   if (cfg.scenario == SC_BROADCAST) {
     sent_at = xcalloc((size_t)cfg.window, sizeof *sent_at);
     receipts = xcalloc((size_t)cfg.window, sizeof *receipts);

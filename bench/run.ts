@@ -4,6 +4,7 @@
  *
  *   deno run -A bench/run.ts [--full] [--deflate] [--servers a,b] [--clients a,b]
  *                            [--scenarios x,y] [--seconds S] [--warmup S] [--repeat N]
+ *                            [--crowd N]
  *
  * Each measurement starts a fresh server pinned to CPU 0 (`taskset -c 0`) and the load generator
  * pinned to CPU 1 (`taskset -c 1`), waits for the server's `listening on` line, runs one
@@ -38,6 +39,14 @@ const LOADGEN_CPU = "1";
 const BASELINE = "deno_builtin";
 /** Other processes' CPU use (% of one core) above which a run is flagged as disturbed. */
 const BUSY_WARNING = 20;
+/** Connections of the crowd scenario (`--crowd`). */
+const CROWD = 100_000;
+/**
+ * Connections the burst and crowd scenarios open at once: half the listen backlog (511) of
+ * every server here, so that the backlog never overflows and no SYN is dropped (a dropped SYN
+ * is retried after a second, which would measure the backlog rather than the server).
+ */
+const CONNECTING = 256;
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -51,19 +60,29 @@ interface Options {
   seconds: number;
   warmup: number;
   repeat: number;
+  /** Connections of the crowd scenario. */
+  crowd: number;
 }
 
 function usage(message?: string): never {
   if (message) console.error(`run.ts: ${message}`);
   console.error(
     "usage: deno run -A bench/run.ts [--full] [--deflate] [--servers a,b] [--clients a,b]\n" +
-      "                                [--scenarios x,y] [--seconds S] [--warmup S] [--repeat N]",
+      "                                [--scenarios x,y] [--seconds S] [--warmup S] [--repeat N]\n" +
+      "                                [--crowd N]",
   );
   Deno.exit(64);
 }
 
 function parseOptions(args: string[]): Options {
-  const options: Options = { full: false, deflate: false, seconds: 1, warmup: 0.8, repeat: 3 };
+  const options: Options = {
+    full: false,
+    deflate: false,
+    seconds: 1,
+    warmup: 0.8,
+    repeat: 3,
+    crowd: CROWD,
+  };
   for (let i = 0; i < args.length; i++) {
     const arg = args[i];
     const [name, inline] = arg.includes("=") ? arg.split("=", 2) : [arg, undefined];
@@ -105,6 +124,9 @@ function parseOptions(args: string[]): Options {
       case "--repeat":
         options.repeat = Math.round(number(1, 100));
         break;
+      case "--crowd":
+        options.crowd = Math.round(number(10, 1_000_000));
+        break;
       case "--help":
       case "-h":
         usage();
@@ -119,7 +141,7 @@ function parseOptions(args: string[]): Options {
 // ---------------------------------------------------------------------------------------------
 // Servers
 
-interface Server {
+export interface Server {
   /** Name used in `--servers` and in the JSON results. */
   name: string;
   /** Column title. */
@@ -190,7 +212,7 @@ function installNodeModules(): Promise<{ ws?: string; bun?: string }> {
 
 const deflateFlag = (deflate: boolean): string[] => deflate ? ["--deflate"] : [];
 
-const SERVERS: Server[] = [
+export const SERVERS: Server[] = [
   {
     name: "deno_builtin",
     title: "Deno built-in",
@@ -244,6 +266,22 @@ const SERVERS: Server[] = [
     ],
     unavailable: async () => {
       if ((await output("node", ["--version"])) === undefined) return "node is not installed";
+      const { ws } = await installNodeModules();
+      return ws ?? (exists(`${NODE_MODULES}/ws/package.json`) ? undefined : "ws is not installed");
+    },
+  },
+  {
+    name: "ws_deno",
+    title: "ws (Deno)",
+    fullOnly: true,
+    command: (port, deflate) => [
+      Deno.execPath(),
+      "run",
+      "-A",
+      `${BENCH_DIR}/servers/ws_node.mjs`,
+      ...["--port", `${port}`, ...deflateFlag(deflate)],
+    ],
+    unavailable: async () => {
       const { ws } = await installNodeModules();
       return ws ?? (exists(`${NODE_MODULES}/ws/package.json`) ? undefined : "ws is not installed");
     },
@@ -349,7 +387,7 @@ interface Metric {
 interface Scenario {
   id: string;
   title: string;
-  kind: "load" | "idle" | "client";
+  kind: "load" | "idle" | "client" | "crowd";
   /** Load generator (or client driver) arguments, without --port, --deflate and timing. */
   args: string[];
   deflate: boolean;
@@ -358,6 +396,8 @@ interface Scenario {
   details: Metric[];
   /** Connections held open by the idle scenario. */
   conns?: number;
+  /** More rows of the main table, from the same runs (medians of these result keys). */
+  extra?: Metric[];
 }
 
 const LATENCY: Metric[] = [
@@ -421,7 +461,45 @@ function idle(id: string, title: string, conns: number): Scenario {
   };
 }
 
-function scenarios(): Scenario[] {
+const CONNECT_LATENCY: Metric[] = [
+  { key: "p50_us", unit: "connect to 101, p50 µs", digits: 0, lowerIsBetter: true },
+  { key: "p99_us", unit: "connect to 101, p99 µs", digits: 0, lowerIsBetter: true },
+];
+
+/** Broadcasts timed one after the other in the crowd scenario. */
+const FANOUT_ROUNDS = 5;
+
+/**
+ * `conns` idle clients on `/broadcast`, connected as fast as the server takes them: memory per
+ * connection, handshakes per second, then the time one 32 B broadcast takes to reach them all.
+ */
+function crowd(conns: number): Scenario {
+  return {
+    id: "crowd",
+    title: `${conns.toLocaleString("en-US")} idle clients: memory per connection`,
+    kind: "crowd",
+    args: [
+      ...["crowd", "--conns", `${conns}`, "--fanout", `${FANOUT_ROUNDS}`],
+      ...["--connect-concurrency", `${CONNECTING}`],
+    ],
+    deflate: false,
+    set: "full",
+    metric: MEMORY,
+    details: CONNECT_LATENCY,
+    extra: [
+      { ...HANDSHAKES, unit: "handshakes/s while connecting" },
+      {
+        key: "fanout_median_ms",
+        unit: `ms for one 32 B broadcast to reach all, median of ${FANOUT_ROUNDS}`,
+        digits: 1,
+        lowerIsBetter: true,
+      },
+    ],
+    conns,
+  };
+}
+
+function scenarios(options: { crowd: number } = { crowd: CROWD }): Scenario[] {
   const quick: Scenario[] = [
     echo("echo-32x1", "echo 32 B, 100 conns × 1 in flight", 100, 1, 32),
     echo("echo-32x16", "echo 32 B, 100 conns × 16 in flight", 100, 16, 32),
@@ -444,6 +522,20 @@ function scenarios(): Scenario[] {
     broadcast("broadcast-4k", "broadcast 4 KiB to 1 000", 1000, 4096, 32),
     idle("idle-1k", "memory per idle connection at 1 000", 1000),
     echo("echo-1m", "echo 1 MiB, 4 conns × 4 in flight", 4, 4, 1024 * 1024),
+    ({
+      id: "burst-10k",
+      title: `handshakes, 10 000 clients connecting at once (${CONNECTING} at a time)`,
+      kind: "load",
+      args: [
+        ...["crowd", "--conns", "10000", "--path", "/echo", "--hold", "0"],
+        ...["--connect-concurrency", `${CONNECTING}`],
+      ],
+      deflate: false,
+      set: "full",
+      metric: HANDSHAKES,
+      details: CONNECT_LATENCY,
+    }) satisfies Scenario,
+    crowd(options.crowd),
   ].map((s) => ({ ...s, set: "full" }));
   const compressed: Scenario[] = [quick[1], quick[2], quick[3], full[2]].map((s) => ({
     ...s,
@@ -468,7 +560,7 @@ function scenarios(): Scenario[] {
 
 const children = new Map<number, Deno.ChildProcess>();
 
-function killAll(): void {
+export function killAll(): void {
   for (const pid of children.keys()) {
     try {
       Deno.kill(pid, "SIGKILL");
@@ -484,7 +576,7 @@ function tail(text: string, max = 600): string {
   return trimmed.length > max ? `…${trimmed.slice(-max)}` : trimmed;
 }
 
-function sleep(ms: number): Promise<void> {
+export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
@@ -524,9 +616,45 @@ class LineReader {
   }
 }
 
+/** The open-files limit children ask for (raising the hard limit needs CAP_SYS_RESOURCE). */
+const FILE_LIMIT = 1_048_576;
+
+/** The open-files limit a child gets here (see spawn()). */
+async function childFileLimit(): Promise<number> {
+  const text = await output("sh", [
+    "-c",
+    `ulimit -n ${FILE_LIMIT} 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null; ulimit -n`,
+  ]);
+  return text === "unlimited" ? Infinity : Number(text ?? NaN);
+}
+
+/**
+ * Why `conns` connections can't be held here, with what the machine needs; `undefined` when
+ * they can. The server and the load generator each need one file per connection.
+ */
+export async function crowdUnavailable(conns: number): Promise<string | undefined> {
+  const needed = conns + 64;
+  const limit = await childFileLimit();
+  if (limit >= needed) return undefined;
+  let nrOpen = "";
+  try {
+    nrOpen = Deno.readTextFileSync("/proc/sys/fs/nr_open").trim();
+  } catch {
+    // not Linux
+  }
+  return `${conns} connections need an open-files limit of at least ${needed} for the server ` +
+    `and for the load generator; processes started here get ${limit} and can't raise it ` +
+    `(raising the hard limit needs root with CAP_SYS_RESOURCE). Run where \`ulimit -Hn\` is ` +
+    `at least ${needed} (as root: \`ulimit -n ${FILE_LIMIT}\`; systemd: LimitNOFILE=; Docker: ` +
+    `--ulimit nofile=${FILE_LIMIT}:${FILE_LIMIT}; fs.nr_open is ${nrOpen || "?"}), or measure ` +
+    `fewer with --crowd ${Math.max(10, Math.floor((limit - 64) / 1000) * 1000)}`;
+}
+
 function spawn(cpu: string, cmd: string[]): Deno.ChildProcess {
   // `exec` keeps the PID: the process we kill is the server or load generator itself.
-  const script = 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec taskset -c "$0" "$@"';
+  // As many open files as allowed: up to FILE_LIMIT where the hard limit may be raised.
+  const script = `ulimit -n ${FILE_LIMIT} 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null; ` +
+    'exec taskset -c "$0" "$@"';
   const child = new Deno.Command("sh", {
     args: ["-c", script, cpu, ...cmd],
     stdin: "null",
@@ -538,7 +666,7 @@ function spawn(cpu: string, cmd: string[]): Deno.ChildProcess {
   return child;
 }
 
-async function stop(child: Deno.ChildProcess): Promise<void> {
+export async function stop(child: Deno.ChildProcess): Promise<void> {
   if (!children.has(child.pid)) return;
   try {
     Deno.kill(child.pid, "SIGTERM");
@@ -557,18 +685,27 @@ async function stop(child: Deno.ChildProcess): Promise<void> {
   }
 }
 
-interface RunningServer {
+export interface RunningServer {
   child: Deno.ChildProcess;
   stderr: LineReader;
 }
 
-async function startServer(server: Server, port: number, deflate: boolean, cpu = SERVER_CPU) {
-  const child = spawn(cpu, server.command(port, deflate));
+/** Starts a server and waits for its `listening on` line; `onLine` sees every line it prints. */
+export async function startServer(
+  server: Server,
+  port: number,
+  deflate: boolean,
+  cpu = SERVER_CPU,
+  onLine: (line: string) => void = () => {},
+  extraArgs: string[] = [],
+): Promise<RunningServer> {
+  const child = spawn(cpu, [...server.command(port, deflate), ...extraArgs]);
   let ready: () => void = () => {};
   const listening = new Promise<void>((resolve) => (ready = resolve));
   const expected = `listening on ws://127.0.0.1:${port}`;
   const stdout = new LineReader(child.stdout, (line) => {
     if (line.trim() === expected) ready();
+    onLine(line);
   });
   const stderr = new LineReader(child.stderr, () => {});
   const exited = child.status.then((status) => {
@@ -585,7 +722,7 @@ async function startServer(server: Server, port: number, deflate: boolean, cpu =
   return { child, stderr } satisfies RunningServer;
 }
 
-function freePort(): number {
+export function freePort(): number {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;
   listener.close();
@@ -617,16 +754,16 @@ function machineCpu(): { busy: number; steal: number } {
 }
 
 /** Resident memory of a process in KiB, from /proc/PID/status. */
-function rssKiB(pid: number): number {
+export function rssKiB(pid: number): number {
   const status = Deno.readTextFileSync(`/proc/${pid}/status`);
   const match = status.match(/^VmRSS:\s+(\d+) kB/m);
   if (!match) throw new Error(`no VmRSS in /proc/${pid}/status`);
   return Number(match[1]);
 }
 
-type Result = Record<string, number | string | boolean>;
+export type Result = Record<string, number | string | boolean>;
 
-interface LoadgenRun {
+export interface LoadgenRun {
   result: Result;
   wall: number;
 }
@@ -665,7 +802,7 @@ async function runJson(
 }
 
 /** Runs the load generator; `onReady` runs when it reports its connections are open. */
-async function loadgen(
+export async function loadgen(
   args: string[],
   timeoutSeconds: number,
   onReady?: () => Promise<void>,
@@ -678,7 +815,7 @@ async function loadgen(
       (timeoutSeconds + 10) * 1000,
       "load generator",
       (line) => {
-        if (onReady && line.startsWith("loadgen: idle: ready")) readyWork = onReady();
+        if (onReady && /^loadgen: \w+: ready/.test(line)) readyWork = onReady();
       },
     );
   } finally {
@@ -717,6 +854,33 @@ async function measureIdle(scenario: Scenario, pid: number, common: string[]): P
   };
 }
 
+/**
+ * The crowd scenario: RSS per connection once every client is connected, then the load
+ * generator's handshakes/s and fan-out times.
+ */
+async function measureCrowd(scenario: Scenario, pid: number, common: string[]): Promise<Result> {
+  await loadgen(["idle", "--conns", "10", "--hold", "0", ...common], 30);
+  await sleep(200);
+  const before = rssKiB(pid);
+  let after = NaN;
+  const conns = scenario.conns ?? 1;
+  // The hold gives the server time to settle before RSS is read, then the broadcasts start.
+  const run = await loadgen(
+    [...scenario.args, "--hold", "2", ...common],
+    120 + conns / 500,
+    async () => {
+      await sleep(1000);
+      after = rssKiB(pid);
+    },
+  );
+  return {
+    ...run.result,
+    rss_before_kib: before,
+    rss_after_kib: after,
+    kib_per_conn: (after - before) / conns,
+  };
+}
+
 async function measureLoad(
   scenario: Scenario,
   pid: number,
@@ -750,9 +914,9 @@ async function measure(scenario: Scenario, server: Server, options: Options): Pr
   const { child, stderr } = await startServer(server, port, scenario.deflate);
   const common = ["--port", `${port}`, ...deflateFlag(scenario.deflate)];
   try {
-    return scenario.kind === "idle"
-      ? await measureIdle(scenario, child.pid, common)
-      : await measureLoad(scenario, child.pid, common, options);
+    if (scenario.kind === "idle") return await measureIdle(scenario, child.pid, common);
+    if (scenario.kind === "crowd") return await measureCrowd(scenario, child.pid, common);
+    return await measureLoad(scenario, child.pid, common, options);
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
     const alive = children.has(child.pid);
@@ -835,7 +999,8 @@ function summarize(list: Scenario[], servers: Column[], measurements: Measuremen
       );
       const ok = runs.filter((m) => m.ok);
       const details: Record<string, number | undefined> = {};
-      for (const key of [...scenario.details.map((d) => d.key), ...DETAIL_KEYS]) {
+      const keys = [...scenario.details, ...(scenario.extra ?? [])].map((d) => d.key);
+      for (const key of [...keys, ...DETAIL_KEYS]) {
         details[key] = median(ok.map((m) => Number(m.result?.[key])));
       }
       row[server.name] = {
@@ -871,7 +1036,18 @@ function table(title: string, list: Scenario[], servers: Column[], summary: Summ
       const failed = cell.errors.length ? ` [${cell.errors.length} failed]` : "";
       return `${format(cell.median, m.digits)}${ratio}${mark}${failed}`;
     });
-    return `| ${label} | ${cells.join(" | ")} |`;
+    const extra = (scenario.extra ?? []).map((metric) => {
+      const base = summary[scenario.id][BASELINE]?.details[metric.key];
+      const cells = servers.map((server) => {
+        const value = summary[scenario.id][server.name].details[metric.key];
+        if (value === undefined) return "—";
+        const ratio = base ? ` (${(value / base).toFixed(2)}×)` : "";
+        return `${format(value, metric.digits)}${ratio}`;
+      });
+      const lower = metric.lowerIsBetter ? ", lower is better" : "";
+      return `| ${scenario.title.split(":")[0]}: ${metric.unit}${lower} | ${cells.join(" | ")} |`;
+    });
+    return [`| ${label} | ${cells.join(" | ")} |`, ...extra].join("\n");
   });
   return [head, rule, ...rows].join("\n");
 }
@@ -901,7 +1077,7 @@ function detailsTable(list: Scenario[], servers: Column[], summary: Summary): st
 // ---------------------------------------------------------------------------------------------
 // Main
 
-async function ensureLoadgen(): Promise<void> {
+export async function ensureLoadgen(): Promise<void> {
   const source = Deno.statSync(LOADGEN_SOURCE).mtime?.getTime() ?? 0;
   let binary = -1;
   try {
@@ -943,7 +1119,7 @@ function machine(): { cpu: string; cores: number; os: string } {
 }
 
 function select(options: Options): Scenario[] {
-  const all = scenarios();
+  const all = scenarios(options);
   if (options.scenarios) {
     const unknown = options.scenarios.filter((id) => !all.some((s) => s.id === id));
     if (unknown.length) {
@@ -976,6 +1152,14 @@ async function main(): Promise<void> {
   await ensureLoadgen();
   const servers: Server[] = [];
   const skipped: Record<string, string> = {};
+  if (selected.some((s) => s.kind === "crowd")) {
+    const reason = await crowdUnavailable(options.crowd);
+    if (reason) {
+      skipped.crowd = reason;
+      console.log(`skipping the crowd scenario: ${reason}`);
+      selected.splice(selected.findIndex((s) => s.kind === "crowd"), 1);
+    }
+  }
   for (const server of SERVERS.filter((s) => names.includes(s.name))) {
     const reason = await server.unavailable();
     if (reason) {

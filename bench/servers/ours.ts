@@ -2,14 +2,17 @@
  * Benchmark server: this library (`serve()` + `broadcast()`).
  *
  *   deno run -A bench/servers/ours.ts --port 9001 [--deflate] [--tcp node:net]
+ *                                     [--heap-snapshots DIR]
  *
  * `/echo` sends every message back as received; `/broadcast` sends every message any client
  * sends to every client connected on that path, with `broadcast()`. Compression is off unless
- * `--deflate` is given.
+ * `--deflate` is given. With `--heap-snapshots DIR`, each SIGUSR2 writes a V8 heap snapshot into
+ * DIR and prints `heap snapshot: PATH` (`bench/heap.ts` uses it).
  *
  * @module
  */
 
+import { writeHeapSnapshot } from "node:v8";
 import { broadcast } from "../../broadcast.ts";
 import type { Connection } from "../../connection.ts";
 import { serve } from "../../server.ts";
@@ -52,4 +55,15 @@ serve(async (ws) => {
   pingInterval: null,
   tcp,
 });
+const snapshotsAt = Deno.args.indexOf("--heap-snapshots");
+if (snapshotsAt >= 0) {
+  const dir = Deno.args[snapshotsAt + 1];
+  let count = 0;
+  Deno.addSignalListener("SIGUSR2", () => {
+    // Before the snapshot collects garbage: the heap as the idle measurement sees it.
+    console.log(`memory usage: ${JSON.stringify(Deno.memoryUsage())}`);
+    const path = writeHeapSnapshot(`${dir}/${Deno.pid}-${++count}.heapsnapshot`);
+    console.log(`heap snapshot: ${path}`);
+  });
+}
 console.log(`listening on ws://127.0.0.1:${port}`);
