@@ -1,10 +1,20 @@
 // The benchmark's own programs work: the client driver runs its closed loop against a real
-// server and reports what it counted, and the Deno.listen floor server answers a real client.
+// server and reports what it counted, the Deno.listen floor server answers a real client, the
+// load generator's crowd scenario holds its clients and times broadcasts, and heap.ts counts.
 // (Speed is never asserted: `deno task bench` measures it.)
 
 import assert from "node:assert/strict";
+import { writeHeapSnapshot } from "node:v8";
+import { aggregate, perConnection } from "../bench/heap.ts";
+import { ensureLoadgen } from "../bench/run.ts";
 import { connect } from "../client.ts";
-import { freePort, type ListeningScript, startListening, within } from "./_helpers.ts";
+import {
+  commandSucceeds,
+  freePort,
+  type ListeningScript,
+  startListening,
+  within,
+} from "./_helpers.ts";
 
 const BENCH = new URL("../bench/", import.meta.url).pathname;
 
@@ -83,4 +93,57 @@ Deno.test("bench: the Deno.listen floor server answers the handshake, echoes and
   await within(ws.close(1000, "done"), 5000, "close");
   // The floor server sends the close frame back as it came.
   assert.equal((await ws.closed).code, 1000);
+});
+
+// A class that only the heap test creates, so that its count in a snapshot is known exactly.
+class BenchHeapMarker {
+  constructor(readonly n: number) {}
+}
+
+Deno.test("bench: heap.ts counts a heap snapshot's objects by constructor", async () => {
+  const markers = Array.from({ length: 1000 }, (_, i) => new BenchHeapMarker(i));
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = writeHeapSnapshot(`${dir}/test.heapsnapshot`);
+    const groups = aggregate(JSON.parse(await Deno.readTextFile(path)));
+    assert.equal(groups.get("BenchHeapMarker")?.count, markers.length);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("bench: heap.ts reports per connection what grew between two snapshots", () => {
+  const before = new Map([["A", { count: 10, bytes: 100 }], ["Gone", { count: 2, bytes: 40 }]]);
+  const after = new Map([["A", { count: 30, bytes: 500 }], ["B", { count: 10, bytes: 80 }]]);
+  assert.deepEqual(perConnection(before, after, 10), [
+    { name: "A", count: 2, bytes: 40 },
+    { name: "B", count: 1, bytes: 8 },
+    { name: "Gone", count: -0.2, bytes: -4 },
+  ]);
+});
+
+Deno.test({
+  name: "bench: the load generator's crowd scenario opens every client and times each broadcast",
+  ignore: !(await commandSucceeds("gcc", ["--version"])),
+  async fn() {
+    await ensureLoadgen();
+    await using server = await startServer("servers/ours.ts");
+    const { success, stdout, stderr } = await new Deno.Command(`${BENCH}loadgen`, {
+      args: [
+        ...["crowd", "--port", `${server.port}`, "--conns", "40", "--sources", "2"],
+        ...["--hold", "0", "--fanout", "3"],
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const errors = new TextDecoder().decode(stderr);
+    assert.ok(success, errors);
+    assert.match(errors, /^loadgen: crowd: ready \(40 connections open, \d+ handshakes\/s\)$/m);
+    const result = JSON.parse(new TextDecoder().decode(stdout));
+    assert.deepEqual(
+      [result.conns, result.sources, result.path, result.fanout_ms.length],
+      [40, 2, "/broadcast", 3],
+    );
+    assert.ok(result.handshakes_per_s > 0 && result.fanout_median_ms > 0, JSON.stringify(result));
+  },
 });
