@@ -73,13 +73,57 @@ Deno.test("demo: a --seconds run with 5 bots delivers every message and exits 0"
   assert.equal(output.code, 0, stdout + stderr);
   assert.match(stdout, /^chat demo: open http:\/\/127\.0\.0\.1:\d+\/ in a browser$/m);
   const summary = stdout.trim().split("\n").at(-1) ?? "";
-  const match = summary.match(/^demo: (\d+) clients, (\d+) messages delivered, (\d+) lost$/);
+  const match = summary.match(/^demo: (\d+) clients?, (\d+) messages? delivered, (\d+) lost$/);
   assert.ok(match, `no summary line in:\n${stdout}`);
   const [clients, delivered, lost] = match.slice(1).map(Number);
   assert.deepEqual({ clients, lost }, { clients: 5, lost: 0 });
   // 5 bots × 2 messages/s × 3 s, each message delivered to the 5 of them.
   assert.ok(delivered > 0, summary);
   assert.equal(delivered % 5, 0, summary);
+});
+
+Deno.test("demo: with one bot the lines speak of 1 client", async () => {
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, "--port", "0", "--bots", "1", "--seconds", "1", "--rate", "1"],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+    signal: AbortSignal.timeout(20_000),
+  }).output();
+  const stdout = new TextDecoder().decode(output.stdout);
+  assert.equal(output.code, 0, stdout + new TextDecoder().decode(output.stderr));
+  const lines = stdout.trim().split("\n");
+  assert.equal(lines[2], "1 simulated client chatting, 1 message/s each");
+  assert.match(lines.at(-1) ?? "", /^demo: 1 client, \d+ messages? delivered, 0 lost$/);
+});
+
+// The first command on a fresh machine: `deno task demo` with an empty Deno
+// cache must not install the npm packages the tests and the bench use (they
+// are locked in tests/deno.lock and bench/deno.lock, not in a project lock),
+// so the task prints nothing before its own lines but Deno's "Task" header.
+Deno.test("demo: deno task demo with an empty cache installs nothing first", async () => {
+  const denoDir = await Deno.makeTempDir();
+  try {
+    const output = await new Deno.Command(Deno.execPath(), {
+      args: ["task", "demo", "--port", "0", "--bots", "1", "--seconds", "1"],
+      cwd: new URL("..", import.meta.url).pathname,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1", DENO_DIR: denoDir },
+      signal: AbortSignal.timeout(60_000),
+    }).output();
+    const stdout = new TextDecoder().decode(output.stdout);
+    const stderr = new TextDecoder().decode(output.stderr);
+    assert.equal(output.code, 0, stdout + stderr);
+    assert.deepEqual(stderr.trim().split("\n").map((line) => line.split(" ").slice(0, 2)), [
+      ["Task", "demo"],
+    ]);
+    assert.match(stdout, /^chat demo: open http:\/\/127\.0\.0\.1:\d+\/ in a browser\n/);
+  } finally {
+    await Deno.remove(denoDir, { recursive: true });
+  }
 });
 
 Deno.test("demo: main.ts rejects a bad option with exit status 2", async () => {

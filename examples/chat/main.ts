@@ -45,6 +45,11 @@ const write = (text: string): void => {
   Deno.stdout.writeSync(encoder.encode(text));
 };
 
+/** `count` and `noun`, plural unless the count is 1: "1 client", "3 clients". */
+function plural(count: number, noun: string): string {
+  return `${count} ${noun}${count === 1 ? "" : "s"}`;
+}
+
 function usageError(message: string): never {
   console.error(`${message}\n${USAGE}`);
   Deno.exit(2);
@@ -163,9 +168,7 @@ if (botCount > 0) {
   // Spread the bots over one interval so the chat flows at a steady rate.
   bots.forEach((bot, i) => bot.start(interval, (interval * (i + 1)) / botCount));
   console.log(
-    `${botCount} simulated client${botCount === 1 ? "" : "s"} chatting, ${rate} message${
-      rate === 1 ? "" : "s"
-    }/s each`,
+    `${plural(botCount, "simulated client")} chatting, ${plural(rate, "message")}/s each`,
   );
 }
 console.log(
@@ -186,7 +189,7 @@ function status(): void {
   const first = samples[0];
   const elapsed = Math.max(1e-3, (now.time - first.time) / 1000);
   const line =
-    `${now.connections} connection${now.connections === 1 ? "" : "s"} | ${
+    `${plural(now.connections, "connection")} | ${
       ((now.messagesIn - first.messagesIn) / elapsed).toFixed(1)
     } msg/s | ${formatBytes((now.bytesOut - first.bytesOut) / elapsed)}/s out | ` +
     `slowest client buffers ${formatBytes(now.slowestBufferedAmount)}`;
@@ -239,8 +242,12 @@ async function shutdown(): Promise<never> {
           `max ${Math.max(...latencies).toFixed(1)} ms`,
       );
     }
-    if (outOfOrder > 0) console.log(`demo: ${outOfOrder} messages received out of order`);
-    console.log(`demo: ${bots.length} clients, ${delivered} messages delivered, ${lost} lost`);
+    if (outOfOrder > 0) console.log(`demo: ${plural(outOfOrder, "message")} received out of order`);
+    console.log(
+      `demo: ${plural(bots.length, "client")}, ${
+        plural(delivered, "message")
+      } delivered, ${lost} lost`,
+    );
   } else {
     console.log("demo: stopped");
   }
