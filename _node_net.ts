@@ -46,11 +46,15 @@ export class SocketTransport implements Transport {
   /** Writes reach the kernel synchronously. */
   readonly syncWrites = true;
 
-  constructor(socket: Socket) {
+  /**
+   * Wraps `socket`; `addrs` replaces the socket's own addresses (a TLS
+   * socket over another stream has none).
+   */
+  constructor(socket: Socket, addrs?: { localAddr: Deno.NetAddr; remoteAddr: Deno.NetAddr }) {
     this.#socket = socket;
     (socket as TransportSocket)[kTransport] = this;
-    this.localAddr = netAddr(socket.localAddress, socket.localPort);
-    this.remoteAddr = netAddr(socket.remoteAddress, socket.remotePort);
+    this.localAddr = addrs?.localAddr ?? netAddr(socket.localAddress, socket.localPort);
+    this.remoteAddr = addrs?.remoteAddr ?? netAddr(socket.remoteAddress, socket.remotePort);
     socket.on("data", SocketTransport.#onData);
     socket.on("end", SocketTransport.#onEnd);
     socket.on("error", SocketTransport.#onError);

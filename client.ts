@@ -18,12 +18,17 @@
 import { type ConnectionOptions, DEFAULTS, PRODUCT } from "./abstract_connection.ts";
 import { StreamConnection } from "./stream_connection.ts";
 import type { Transport } from "./transport.ts";
+import { parseProxy, type Proxy, proxyFromEnv } from "./_proxy.ts";
+import { openTunnel, TRANSIENT_SOCKS_REPLIES } from "./_tunnel.ts";
 import {
   HandshakeTimeout,
   InvalidHandshake,
+  InvalidProxyStatus,
   InvalidStatus,
   InvalidURI,
+  ProxyError,
   SecurityError,
+  SocksProxyError,
 } from "./errors.ts";
 import type { ClientExtensionFactory } from "./extensions.ts";
 import type { Headers } from "./headers.ts";
@@ -63,8 +68,21 @@ export interface ConnectOptions extends ConnectionOptions {
   openTimeout?: number;
   /** Aborts connecting (and stops the reconnection loop). */
   signal?: AbortSignal;
-  /** Extra CA certificates (PEM) trusted for `wss:`. */
+  /** Extra CA certificates (PEM) trusted for `wss:`, and for an `https:` proxy. */
   caCerts?: string[];
+  /**
+   * The proxy to connect through: an `http://`, `https://`, `socks5://` or
+   * `socks5h://` URL, with `user:password@` for proxies that want
+   * credentials; `null` connects directly. By default (`undefined`) the
+   * environment decides, as curl does: `https_proxy` / `HTTPS_PROXY` for
+   * `wss:`, `http_proxy` / `HTTP_PROXY` for `ws:`, else `all_proxy` /
+   * `ALL_PROXY`, except for hosts that `no_proxy` / `NO_PROXY` lists; and
+   * no proxy when `--allow-env` doesn't allow reading them. Not used with
+   * `unix` or `sock`. See docs/proxies.md.
+   *
+   * @default {undefined}
+   */
+  proxy?: string | null;
   /** Connect to this Unix socket path instead of the URI's host and port. */
   unix?: string;
   /** Use this already connected transport (e.g. a `Deno.Conn`) instead of connecting. */
@@ -99,12 +117,28 @@ function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
 
 /**
  * Whether a failed connection attempt is worth retrying: refused, reset or
- * timed out connections, handshakes cut short, and 5xx answers. 4xx answers,
- * bad URIs and security errors are not.
+ * timed out connections, handshakes cut short, and 5xx answers, from the
+ * server or from a proxy; SOCKS5 replies saying the proxy or the path to the
+ * server failed (1, 3, 4, 5, 6). 4xx answers (a proxy's `407` too), other
+ * SOCKS5 refusals, bad URIs and proxies, and security errors are not.
+ *
+ * @example
+ * ```ts
+ * import { isTransientError } from "@denows/websockets";
+ * import { SocksProxyError } from "@denows/websockets/errors";
+ * console.log(isTransientError(new SocksProxyError("socks5://127.0.0.1:1080", "refused", 5))); // true
+ * ```
  */
 export function isTransientError(error: unknown): boolean {
   if (error instanceof InvalidStatus) return error.response.statusCode >= 500;
   if (error instanceof HandshakeTimeout) return true;
+  if (error instanceof InvalidProxyStatus) return error.response.statusCode >= 500;
+  if (error instanceof SocksProxyError) {
+    return error.reply !== undefined && TRANSIENT_SOCKS_REPLIES.has(error.reply);
+  }
+  if (error instanceof ProxyError && error.cause !== undefined) {
+    return isTransientError(error.cause);
+  }
   if (error instanceof SecurityError || error instanceof InvalidURI) return false;
   if (error instanceof InvalidHandshake) {
     return /connection closed|closed before/.test(error.message);
@@ -119,10 +153,36 @@ export function isTransientError(error: unknown): boolean {
   return false;
 }
 
-async function openTransport(uri: WebSocketURI, options: ConnectOptions): Promise<Transport> {
+/** The `User-Agent` sent, to the server and to an HTTP proxy. */
+function userAgent(options: ConnectOptions): string | undefined {
+  return options.userAgentHeader === null ? undefined : (options.userAgentHeader ?? USER_AGENT);
+}
+
+/** The proxy to connect to `uri` through, if any; chosen again for every URI (redirects). */
+function chooseProxy(uri: WebSocketURI, options: ConnectOptions): Proxy | undefined {
+  if (options.sock !== undefined || options.unix !== undefined || options.proxy === null) {
+    return undefined;
+  }
+  return options.proxy === undefined ? proxyFromEnv(uri) : parseProxy(options.proxy);
+}
+
+async function openTransport(
+  uri: WebSocketURI,
+  options: ConnectOptions,
+  proxy: Proxy | undefined,
+  signal: AbortSignal,
+): Promise<Transport> {
   if (options.sock !== undefined) return options.sock;
   if (options.unix !== undefined) {
     return await Deno.connect({ transport: "unix", path: options.unix });
+  }
+  if (proxy !== undefined) {
+    return await openTunnel(proxy, uri, {
+      caCerts: options.caCerts,
+      httpLimits: options.httpLimits,
+      userAgent: userAgent(options),
+      signal,
+    });
   }
   const hostname = uri.host;
   if (uri.secure) {
@@ -142,22 +202,33 @@ async function openOnce(
   const signal = options.signal;
   signal?.throwIfAborted();
   const openTimeout = options.openTimeout ?? DEFAULTS.openTimeout;
+  const proxy = chooseProxy(uri, options);
   let timer: ReturnType<typeof setTimeout> | undefined;
   let onAbort: (() => void) | undefined;
   let connection: StreamConnection | undefined;
   let transport: Transport | undefined;
+  // Aborted when the attempt fails by time or by `signal`: ends the proxy hop under way.
+  const attempt = new AbortController();
   const failure = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new HandshakeTimeout(openTimeout)),
-      Math.max(0, deadline - Date.now()),
-    );
+    timer = setTimeout(() => {
+      // Until the transport is open, the proxy (if any) is what is taking too long.
+      const error = new HandshakeTimeout(
+        openTimeout,
+        transport === undefined ? proxy?.display : undefined,
+      );
+      attempt.abort(error);
+      reject(error);
+    }, Math.max(0, deadline - Date.now()));
     if (signal !== undefined) {
-      onAbort = () => reject(signal.reason);
+      onAbort = () => {
+        attempt.abort(signal.reason);
+        reject(signal.reason);
+      };
       signal.addEventListener("abort", onAbort, { once: true });
     }
   });
   try {
-    const opening = openTransport(uri, options);
+    const opening = openTransport(uri, options, proxy, attempt.signal);
     try {
       transport = await Promise.race([opening, failure]);
     } catch (error) {
@@ -172,9 +243,7 @@ async function openOnce(
       extensions,
       subprotocols: options.subprotocols,
       additionalHeaders: options.additionalHeaders,
-      userAgentHeader: options.userAgentHeader === null
-        ? undefined
-        : (options.userAgentHeader ?? USER_AGENT),
+      userAgentHeader: userAgent(options),
       maxSize: options.maxSize,
       httpLimits: options.httpLimits,
       logger: options.logger,

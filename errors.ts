@@ -8,8 +8,13 @@
  * │   ├── ConnectionClosedOK
  * │   └── ConnectionClosedError
  * ├── InvalidURI
+ * ├── InvalidProxy
  * ├── InvalidHandshake
  * │   ├── HandshakeTimeout
+ * │   ├── ProxyError
+ * │   │   ├── InvalidProxyMessage
+ * │   │   ├── InvalidProxyStatus
+ * │   │   └── SocksProxyError
  * │   ├── SecurityError
  * │   ├── InvalidMessage
  * │   ├── InvalidStatus
@@ -201,10 +206,127 @@ export class InvalidHandshake extends WebSocketError {}
 export class HandshakeTimeout extends InvalidHandshake {
   /** The limit that applied, in ms. */
   readonly timeout: number;
-  /** Creates the error for the `openTimeout` that expired. */
-  constructor(timeout: number) {
-    super(`opening handshake timed out after ${timeout} ms (openTimeout)`);
+  /** The proxy (without credentials) that hadn't opened the tunnel yet, if any. */
+  readonly proxy: string | undefined;
+  /**
+   * Creates the error for the `openTimeout` that expired; `proxy` names the
+   * proxy when the time ran out while it was still opening the tunnel.
+   */
+  constructor(timeout: number, proxy?: string) {
+    super(
+      `opening handshake timed out after ${timeout} ms (openTimeout)` +
+        (proxy === undefined ? "" : ` waiting for proxy ${proxy}`),
+    );
     this.timeout = timeout;
+    this.proxy = proxy;
+  }
+}
+
+/**
+ * Raised when a proxy URL isn't valid: not `http:`, `https:`, `socks5:` or
+ * `socks5h:`, no host, a path, or a user name without a password.
+ *
+ * @example
+ * ```ts
+ * import { InvalidProxy } from "@denows/websockets/errors";
+ * const error = new InvalidProxy("ftp://proxy:21", "scheme isn't http, https, socks5 or socks5h");
+ * console.log(error.message); // ftp://proxy:21 isn't a valid proxy: scheme isn't http, https, socks5 or socks5h
+ * ```
+ */
+export class InvalidProxy extends WebSocketError {
+  /** The proxy URL that was rejected (without credentials). */
+  readonly proxy: string;
+  /** Why it was rejected. */
+  readonly reason: string;
+  /** Creates the error for `proxy`, saying why it was rejected. */
+  constructor(proxy: string, reason: string) {
+    super(`${proxy} isn't a valid proxy: ${reason}`);
+    this.proxy = proxy;
+    this.reason = reason;
+  }
+}
+
+/**
+ * Raised when connecting through a proxy fails: the proxy can't be reached,
+ * closes the connection, or refuses to open the tunnel. Subclasses say how
+ * the proxy answered; `cause` holds the underlying error, if any. The
+ * message is one line and names the proxy, never its credentials.
+ *
+ * @example
+ * ```ts
+ * import { ProxyError } from "@denows/websockets/errors";
+ * const error = new ProxyError("http://127.0.0.1:3128", "connection refused");
+ * console.log(error.message); // proxy http://127.0.0.1:3128 failed: connection refused
+ * ```
+ */
+export class ProxyError extends InvalidHandshake {
+  /** The proxy URL, without credentials. */
+  readonly proxy: string;
+  /** Creates the error for `proxy`, saying what went wrong. */
+  constructor(proxy: string, message: string, options?: ErrorOptions) {
+    super(`proxy ${proxy} failed: ${message}`, options);
+    this.proxy = proxy;
+  }
+}
+
+/**
+ * Raised when a proxy's answer can't be understood: not HTTP (or not
+ * SOCKS5), over a limit of `httpLimits`, data where none was expected, or
+ * the connection closed in the middle of it.
+ *
+ * @example
+ * ```ts
+ * import { InvalidProxyMessage } from "@denows/websockets/errors";
+ * const error = new InvalidProxyMessage("http://127.0.0.1:3128", "invalid HTTP status line: hello");
+ * console.log(error.message); // proxy http://127.0.0.1:3128 failed: invalid HTTP status line: hello
+ * ```
+ */
+export class InvalidProxyMessage extends ProxyError {}
+
+/**
+ * Raised when an HTTP proxy answers `CONNECT` with a status other than 2xx,
+ * e.g. `407 Proxy Authentication Required`; `response` holds the status
+ * line and headers (the body is not read).
+ *
+ * @example
+ * ```ts
+ * import { InvalidProxyStatus } from "@denows/websockets/errors";
+ * import { Headers } from "@denows/websockets/headers";
+ * import { Response } from "@denows/websockets/http11";
+ * const response = new Response(407, "Proxy Authentication Required", new Headers());
+ * const error = new InvalidProxyStatus("http://127.0.0.1:3128", response);
+ * console.log(error.message); // proxy http://127.0.0.1:3128 failed: HTTP 407 Proxy Authentication Required
+ * ```
+ */
+export class InvalidProxyStatus extends ProxyError {
+  /** The proxy's response, without its body. */
+  readonly response: Response;
+  /** Creates the error for the proxy's `response`. */
+  constructor(proxy: string, response: Response) {
+    super(proxy, `HTTP ${response.statusCode} ${response.reasonPhrase}`.trimEnd());
+    this.response = response;
+  }
+}
+
+/**
+ * Raised when a SOCKS5 proxy refuses: no authentication method acceptable,
+ * wrong user name or password (RFC 1929), or a `CONNECT` reply other than
+ * success (RFC 1928 §6), whose code is `reply`.
+ *
+ * @example
+ * ```ts
+ * import { SocksProxyError } from "@denows/websockets/errors";
+ * const error = new SocksProxyError("socks5://127.0.0.1:1080", "connection refused by destination host", 5);
+ * console.log(error.message); // proxy socks5://127.0.0.1:1080 failed: connection refused by destination host (reply 5)
+ * ```
+ */
+export class SocksProxyError extends ProxyError {
+  /** The reply code of the proxy's answer to `CONNECT`, `undefined` when it refused earlier. */
+  readonly reply: number | undefined;
+  /** Creates the error: what the proxy refused and, for a `CONNECT` reply, its code. */
+  constructor(proxy: string, message: string, reply?: number) {
+    super(proxy, reply === undefined ? message : `${message} (reply ${reply})`);
+    this.reply = reply;
   }
 }
 

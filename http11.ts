@@ -698,6 +698,30 @@ export class RequestParser {
 }
 
 /**
+ * Options of {@linkcode ResponseParser}.
+ *
+ * @example
+ * ```ts
+ * import { ResponseParser } from "@denows/websockets/http11";
+ * const parser = new ResponseParser(undefined, { connect: true });
+ * const bytes = new TextEncoder().encode("HTTP/1.0 200 Connection established\r\n\r\n");
+ * console.log(parser.feed(bytes)!.message.statusCode); // 200
+ * ```
+ */
+export interface ResponseParserOptions {
+  /**
+   * The response answers a `CONNECT` request sent to a proxy: `HTTP/1.0` is
+   * accepted as well as `HTTP/1.1`, and the response ends at the empty line
+   * whatever its status. What follows is left in `rest` unread: after a 2xx
+   * it belongs to the tunnel (RFC 9110 §9.3.6); after another status the
+   * body is not wanted, and the caller closes the connection.
+   *
+   * @default {false}
+   */
+  connect?: boolean;
+}
+
+/**
  * Incremental parser for a handshake response, as a client receives it.
  *
  * Feed it bytes as they arrive; it returns the response and the bytes after
@@ -733,13 +757,15 @@ export class ResponseParser {
   #reader: MessageReader;
   #statusCode = 0;
   #reasonPhrase = "";
+  #connect: boolean;
 
   /**
    * Creates a parser with the given limits.
    *
    * @throws {RangeError} if a limit is not a non-negative integer.
    */
-  constructor(limits?: HttpLimits) {
+  constructor(limits?: HttpLimits, options: ResponseParserOptions = {}) {
+    this.#connect = options.connect ?? false;
     this.#reader = new MessageReader(
       "response",
       limits,
@@ -791,7 +817,7 @@ export class ResponseParser {
     const match = /^([^ ]*) ([^ ]*)(?: (.*))?$/s.exec(line);
     if (match === null) throw new InvalidMessage(`invalid HTTP status line: ${excerpt(line)}`);
     const [, version, code, reason = ""] = match;
-    if (version !== "HTTP/1.1") {
+    if (version !== "HTTP/1.1" && !(this.#connect && version === "HTTP/1.0")) {
       throw new InvalidMessage(`unsupported HTTP version; expected HTTP/1.1: ${excerpt(line)}`);
     }
     if (!/^[0-9]{3}$/.test(code) || Number(code) < 100 || Number(code) > 599) {
@@ -806,7 +832,7 @@ export class ResponseParser {
 
   #onHead(reader: MessageReader): void {
     const statusCode = this.#statusCode;
-    if (statusCode < 200 || statusCode === 204 || statusCode === 304) {
+    if (this.#connect || statusCode < 200 || statusCode === 204 || statusCode === 304) {
       reader.phase = "done";
       return;
     }

@@ -300,6 +300,11 @@ export class RawServer {
     for (const peer of this.#peers) peer.close();
     await Promise.all([...this.#tasks]);
   }
+
+  /** As `close()`, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
 }
 
 /** A raw server peer: reads the handshake request and answers 101. */

@@ -877,3 +877,47 @@ Deno.test("http11: one byte at a time parses the same", () => {
   assert.equal(result.message.statusCode, 101);
   assert.deepEqual(result.rest, bytes("\x81\x00"));
 });
+
+Deno.test("http11: a CONNECT response ends at its empty line; the tunnel's bytes are rest", () => {
+  const result = new ResponseParser(undefined, { connect: true })
+    .feed(bytes("HTTP/1.1 200 Connection established\r\nVia: 1.1 proxy\r\n\r\n\x16\x03\x01"));
+  assert.ok(result !== undefined);
+  assert.deepEqual(
+    [result.message.statusCode, result.message.reasonPhrase, result.message.headers.get("Via")],
+    [200, "Connection established", "1.1 proxy"],
+  );
+  assert.equal(result.message.body, undefined);
+  assert.equal(text(result.rest), "\x16\x03\x01");
+});
+
+Deno.test("http11: a CONNECT response may be HTTP/1.0, as tinyproxy sends it", () => {
+  const result = new ResponseParser(undefined, { connect: true })
+    .feed(bytes("HTTP/1.0 200 Connection established\r\n\r\n"));
+  assert.equal(result?.message.statusCode, 200);
+});
+
+Deno.test("http11: a handshake response may not be HTTP/1.0", () => {
+  assert.throws(
+    () => new ResponseParser().feed(bytes("HTTP/1.0 101 Switching Protocols\r\n\r\n")),
+    new InvalidMessage(
+      "unsupported HTTP version; expected HTTP/1.1: HTTP/1.0 101 Switching Protocols",
+    ),
+  );
+});
+
+Deno.test("http11: a failed CONNECT's body is not read: it stays in rest", () => {
+  const result = new ResponseParser(undefined, { connect: true }).feed(
+    bytes("HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 99999999\r\n\r\n<html>"),
+  );
+  assert.ok(result !== undefined);
+  assert.deepEqual([result.message.statusCode, result.message.body], [407, undefined]);
+  assert.equal(text(result.rest), "<html>");
+});
+
+Deno.test("http11: a CONNECT response keeps the header limits", () => {
+  const parser = new ResponseParser({ maxNumHeaders: 1 }, { connect: true });
+  assert.throws(
+    () => parser.feed(bytes("HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\n\r\n")),
+    new SecurityError("too many HTTP headers: limit is 1"),
+  );
+});
