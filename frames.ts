@@ -726,6 +726,34 @@ export class FrameReader {
     return this.#buffer.length - this.#position + this.#queued + this.#headerFilled + pending;
   }
 
+  /**
+   * The frame being read, once `next()` returned `undefined` in the middle
+   * of its payload: its header is parsed, and the first
+   * {@linkcode FrameReader.prototype.pendingFilled} bytes of its `data` have
+   * arrived, already unmasked. `undefined` between frames. Lets a caller
+   * look at a payload as it arrives (e.g. validate text) without waiting for
+   * the whole frame; `next()` returns this same object once it is complete.
+   *
+   * @example
+   * ```ts
+   * import { Frame, FrameReader, Opcode } from "@denows/websockets/frames";
+   * const bytes = new Frame(Opcode.TEXT, new TextEncoder().encode("hello")).serialize({ mask: true });
+   * const reader = new FrameReader({ mask: true });
+   * reader.feed(bytes.slice(0, 9)); // the header (6 bytes) and "hel"
+   * reader.next();
+   * const pending = reader.pending!;
+   * console.log(new TextDecoder().decode(pending.data.subarray(0, reader.pendingFilled))); // hel
+   * ```
+   */
+  get pending(): Frame | undefined {
+    return this.#partial;
+  }
+
+  /** How many bytes of the payload of {@linkcode FrameReader.prototype.pending} have arrived. */
+  get pendingFilled(): number {
+    return this.#partialFilled;
+  }
+
   /** Adds bytes received from the network. The reader owns `chunk` from now on. */
   feed(chunk: Uint8Array): void {
     if (chunk.length === 0) return;

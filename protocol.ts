@@ -308,6 +308,23 @@ class Fragments {
   }
 }
 
+// A text frame whose payload is arriving in pieces: how much of it was validated, and, for a
+// message in one frame, the text decoded so far (undefined: decode it whole at the end).
+interface PendingText {
+  frame: Frame;
+  validated: number;
+  pieces: string[] | undefined;
+}
+
+// Whether `frame` carries text as it is on the wire: a Text frame starting a message, or a
+// continuation of a text message, in both cases one that no extension transforms.
+function isText(frame: Frame, recvOpcode: Opcode | undefined, recvCompressed: boolean): boolean {
+  if (frame.opcode === Opcode.TEXT) {
+    return recvOpcode === undefined && !frame.rsv1 && !frame.rsv2 && !frame.rsv3;
+  }
+  return frame.opcode === Opcode.CONT && recvOpcode === Opcode.TEXT && !recvCompressed;
+}
+
 function bytesToBase64(bytes: Uint8Array): string {
   let binary = "";
   for (let i = 0; i < bytes.length; i++) binary += String.fromCharCode(bytes[i]);
@@ -383,11 +400,14 @@ export abstract class Protocol {
   #events: ProtocolEvent[] = [];
   #output: Uint8Array[] = [];
   #outputLength = 0;
-  // Incoming fragmented message: its opcode, its bytes so far, and the text decoder.
+  // Incoming fragmented message: its opcode, whether it is compressed (an RSV bit on its first
+  // frame: extensions transform it), its bytes so far, and the text decoder.
   #recvOpcode: Opcode | undefined;
   #recvCompressed = false;
   #recvFragments: Fragments | undefined;
   #recvDecoder: TextDecoder | undefined;
+  // The text frame whose payload is arriving in pieces, validated as they come.
+  #pendingText: PendingText | undefined;
   // Outgoing fragmented message: the opcode of its first frame, if any.
   #sendOpcode: Opcode | undefined;
   #sendOptions: EncodeOptions | undefined;
@@ -567,7 +587,10 @@ export abstract class Protocol {
       while (!this.#discarding) {
         reader.maxSize = this.#recvMaxSize - this.#recvSize;
         const frame = reader.next();
-        if (frame === undefined) break;
+        if (frame === undefined) {
+          if (reader.pending !== undefined) this.#validatePendingText(reader);
+          break;
+        }
         this.receiveFrame(frame);
       }
     } catch (error) {
@@ -579,6 +602,48 @@ export abstract class Protocol {
           ? new PayloadTooBig(this.#recvSize + error.size, maxSize)
           : error,
       );
+    }
+  }
+
+  /**
+   * Validates the bytes of a text frame's payload that arrived since the last
+   * read, so that invalid UTF-8 fails at the read that brought it, not when
+   * the frame is complete (a sender may pause in the middle of a frame). Only
+   * frames that extensions leave as they are (no RSV bit on the message's
+   * first frame): compressed text is validated once inflated, frame by frame.
+   * The payload is decoded once: a whole message's pieces are kept as text.
+   */
+  #validatePendingText(reader: FrameReader): void {
+    const frame = reader.pending!;
+    const filled = reader.pendingFilled;
+    let pending = this.#pendingText;
+    if (pending === undefined || pending.frame !== frame) {
+      pending = undefined;
+      if (
+        filled === 0 || this.#state !== State.OPEN ||
+        !isText(frame, this.#recvOpcode, this.#recvCompressed)
+      ) return;
+      const whole = frame.opcode === Opcode.TEXT && frame.fin;
+      pending = this.#pendingText = { frame, validated: 0, pieces: whole ? [] : undefined };
+    } else if (filled === pending.validated) {
+      return;
+    }
+    const decoder = this.#recvDecoder ??= new TextDecoder("utf-8", { fatal: true });
+    let piece: string;
+    try {
+      piece = decoder.decode(frame.data.subarray(pending.validated, filled), { stream: true });
+    } catch {
+      this.#recvDecoder = undefined;
+      throw new ProtocolError("invalid UTF-8 in text message", CloseCode.INVALID_DATA);
+    }
+    pending.validated = filled;
+    const pieces = pending.pieces;
+    if (pieces === undefined) return;
+    if (piece !== "") pieces.push(piece);
+    // Many small pieces would cost far more as strings than as bytes: past a few, keep them
+    // only while they average KEEP_FRAGMENT_FROM bytes; otherwise decode the frame whole at the end.
+    if (pieces.length > 8 && filled < pieces.length * KEEP_FRAGMENT_FROM) {
+      pending.pieces = undefined;
     }
   }
 
@@ -620,12 +685,19 @@ export abstract class Protocol {
       this.receiveControlFrame(frame);
       return;
     }
+    // The part of a text frame validated as it arrived (see #validatePendingText()).
+    let pending = this.#pendingText;
+    if (pending !== undefined) {
+      this.#pendingText = undefined;
+      if (pending.frame !== frame) pending = undefined;
+    }
     if (this.#state !== State.OPEN) return; // after sending a close frame, data frames are discarded
     if (opcode === Opcode.CONT) {
       if (this.#recvOpcode === undefined) throw new ProtocolError("unexpected continuation frame");
     } else if (this.#recvOpcode !== undefined) {
       throw new ProtocolError("expected a continuation frame");
     }
+    const compressed = frame.rsv1 || frame.rsv2 || frame.rsv3;
     const extensions = this.extensions;
     const maxSize = this.#recvMaxSize;
     if (extensions.length !== 0) {
@@ -650,8 +722,17 @@ export abstract class Protocol {
       if (opcode === Opcode.TEXT) {
         let text: string;
         try {
-          text = textDecoder.decode(data);
+          const pieces = pending?.pieces;
+          if (pieces !== undefined) {
+            // Its first bytes were decoded as they arrived: decode the rest only.
+            pieces.push(this.#recvDecoder!.decode(data.subarray(pending!.validated)));
+            text = pieces.join("");
+          } else {
+            if (pending !== undefined) this.#recvDecoder = undefined; // left mid-stream
+            text = textDecoder.decode(data);
+          }
         } catch {
+          this.#recvDecoder = undefined;
           throw new ProtocolError("invalid UTF-8 in text message", CloseCode.INVALID_DATA);
         }
         this.#events.push({ type: "message", data: text });
@@ -660,14 +741,20 @@ export abstract class Protocol {
       }
       return;
     }
-    if (opcode !== Opcode.CONT) this.#recvOpcode = opcode;
+    if (opcode !== Opcode.CONT) {
+      this.#recvOpcode = opcode;
+      this.#recvCompressed = compressed;
+    }
     if (this.#recvOpcode === Opcode.TEXT) {
-      // Validated fragment by fragment: invalid text fails where it becomes invalid,
-      // while a code point split across fragments is fine. (The text is decoded again,
-      // whole, at the end: strings of many small fragments would cost far more than bytes.)
+      // Validated fragment by fragment (and within a fragment as it arrives): invalid text
+      // fails where it becomes invalid, while a code point split across fragments is fine.
+      // (The text is decoded again, whole, at the end: strings of many small fragments would
+      // cost far more than bytes.)
       const decoder = this.#recvDecoder ??= new TextDecoder("utf-8", { fatal: true });
       try {
-        decoder.decode(data, { stream: !frame.fin });
+        decoder.decode(pending === undefined ? data : data.subarray(pending.validated), {
+          stream: !frame.fin,
+        });
       } catch {
         this.#recvDecoder = undefined;
         throw new ProtocolError("invalid UTF-8 in text message", CloseCode.INVALID_DATA);

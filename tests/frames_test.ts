@@ -1149,6 +1149,37 @@ Deno.test("frames: payloadSpace offers room only when every byte fed was parsed 
   assert.equal(reader.bufferedAmount, 0);
 });
 
+Deno.test("frames: pending shows the unmasked bytes of a frame still arriving, fed or read directly", () => {
+  const payload = pattern(40_000);
+  const wire = new Frame(Opcode.TEXT, payload, { fin: false }).serialize({ mask: true });
+  const reader = new FrameReader({ mask: true });
+  const seen: [number, boolean][] = [];
+  const look = () => {
+    const pending = reader.pending;
+    if (pending === undefined) return seen.push([-1, false]);
+    const filled = reader.pendingFilled;
+    const arrived = pending.data.subarray(0, filled);
+    seen.push([filled, arrived.every((byte, i) => byte === payload[i])]);
+  };
+  look();
+  reader.feed(wire.slice(0, 5)); // part of the header
+  assert.equal(reader.next(), undefined);
+  look();
+  reader.feed(wire.slice(5, 1001));
+  assert.equal(reader.next(), undefined);
+  look();
+  reader.payloadSpace(0)!.set(wire.subarray(1001, 30_003));
+  reader.payloadReceived(29_002);
+  look();
+  const pending = reader.pending;
+  reader.feed(wire.slice(30_003));
+  const frame = reader.next()!;
+  look();
+  assert.deepEqual(seen, [[-1, false], [-1, false], [993, true], [29_995, true], [-1, false]]);
+  assert.equal(frame, pending, "the same object, once complete");
+  assert.deepEqual([frame.opcode, frame.fin, frame.data], [Opcode.TEXT, false, payload]);
+});
+
 Deno.test("frames: payloadReceived refuses counts that don't fit the frame being read", () => {
   const reader = new FrameReader({ mask: false });
   assert.throws(() => reader.payloadReceived(1), {

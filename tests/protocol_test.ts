@@ -787,6 +787,113 @@ Deno.test("protocol: fragmented invalid UTF-8 fails at the fragment where it bec
   assertFailed(server, 1007, "invalid UTF-8 in text message", ProtocolError);
 });
 
+// Invalid UTF-8 sequences, each between valid text, and where each becomes invalid: the offset,
+// in the payload, of the first byte that no valid text can have there.
+const KOSME = new Uint8Array([0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5]);
+const INVALID_TEXT: [string, Uint8Array, number][] = [
+  // The Autobahn|Testsuite's 6.4.x: U+110000 (out of range) after "κόσμε".
+  ["out of range", concat(KOSME, new Uint8Array([0xf4, 0x90, 0x80, 0x80]), utf8("edited")), 12],
+  ["surrogate", concat(utf8("ab"), new Uint8Array([0xed, 0xa0, 0x80]), utf8("cd")), 3],
+  ["overlong", concat(utf8("ab"), new Uint8Array([0xc0, 0x80]), utf8("cd")), 2],
+  ["cut short", concat(utf8("ab"), new Uint8Array([0xe2, 0x82]), utf8("cd")), 4],
+  ["stray continuation", concat(utf8("ab"), new Uint8Array([0x80]), utf8("cd")), 2],
+];
+
+/**
+ * Feeds `wire` (one text frame, or fragments) to a fresh protocol in the pieces that `cuts`
+ * delimit and returns the index of the piece after which it had failed the connection.
+ */
+function failingPiece(open: () => Protocol, wire: Uint8Array, cuts: number[]): number {
+  const protocol = open();
+  const bounds = [0, ...cuts, wire.length];
+  for (let i = 0; i + 1 < bounds.length; i++) {
+    protocol.receiveData(wire.slice(bounds[i], bounds[i + 1]));
+    if (protocol.failure !== undefined) {
+      assertFailed(protocol, 1007, "invalid UTF-8 in text message", ProtocolError);
+      return i;
+    }
+  }
+  return -1;
+}
+
+for (const [role, open] of [["server", openServer], ["client", openClient]] as const) {
+  Deno.test(`protocol: ${role} fails invalid UTF-8 at the read that brings it, in the middle of a frame`, () => {
+    for (const [name, payload, invalidAt] of INVALID_TEXT) {
+      const frame = new Frame(Opcode.TEXT, payload);
+      const wire = role === "server" ? masked(frame) : unmasked(frame);
+      const at = wire.length - payload.length + invalidAt; // the invalid byte on the wire
+      // Cut in two at every position: the first piece fails only if it holds the invalid byte.
+      const outcomes: number[] = [];
+      const expected: number[] = [];
+      for (let cut = 1; cut < wire.length; cut++) {
+        outcomes.push(failingPiece(open, wire, [cut]));
+        expected.push(cut > at ? 0 : 1);
+      }
+      assert.deepEqual(outcomes, expected, name);
+      // One byte at a time: it fails at the invalid byte itself.
+      const bytewise = Array.from({ length: wire.length - 1 }, (_, i) => i + 1);
+      assert.equal(failingPiece(open, wire, bytewise), at, name);
+    }
+  });
+}
+
+Deno.test("protocol: invalid UTF-8 in a continuation frame fails at the read that brings it", () => {
+  const [, payload, invalidAt] = INVALID_TEXT[0];
+  const wire = concat(
+    masked(new Frame(Opcode.TEXT, utf8("first "), { fin: false })),
+    masked(cont(payload)),
+  );
+  const at = wire.length - payload.length + invalidAt;
+  assert.deepEqual(
+    [failingPiece(openServer, wire, [at]), failingPiece(openServer, wire, [at + 1])],
+    [1, 0],
+  );
+});
+
+Deno.test("protocol: invalid UTF-8 read into receiveBuffer() fails with the read that brings it", () => {
+  const server = openServer();
+  const payload = new Uint8Array(40_000).fill(0x61);
+  payload[30_000] = 0xff;
+  const wire = masked(new Frame(Opcode.TEXT, payload));
+  const header = wire.length - payload.length;
+  server.receiveData(wire.slice(0, 100));
+  const space = server.receiveBuffer(16384)!;
+  space.set(wire.subarray(100, header + 30_000)); // everything before the invalid byte
+  server.receiveInto(header + 30_000 - 100);
+  assert.equal(server.failure, undefined);
+  server.receiveBuffer(0)!.set(wire.subarray(header + 30_000, header + 30_001));
+  server.receiveInto(1);
+  assertFailed(server, 1007, "invalid UTF-8 in text message", ProtocolError);
+});
+
+Deno.test("protocol: a text frame arriving in pieces, cut anywhere, makes the same message", () => {
+  const message = "κόσμε 😀 ".repeat(4);
+  const wire = masked(text(message));
+  const received: ProtocolEvent[][] = [];
+  for (let cut = 1; cut < wire.length; cut++) {
+    const server = openServer();
+    server.receiveData(wire.slice(0, cut));
+    server.receiveData(wire.slice(cut));
+    received.push(server.eventsReceived());
+  }
+  // One byte at a time too: many small pieces are validated, then decoded whole.
+  const server = openServer();
+  for (let i = 0; i < wire.length; i++) server.receiveData(wire.slice(i, i + 1));
+  received.push(server.eventsReceived());
+  assert.deepEqual(received, Array(wire.length).fill([{ type: "message", data: message }]));
+});
+
+Deno.test("protocol: a compressed text frame is validated once complete and inflated", () => {
+  const { client, server } = openPairWithFlip();
+  // The flip extension (RSV1) transforms payloads: its text can't be validated as it arrives.
+  client.sendText(new Uint8Array([0x61, 0xff, 0x62]));
+  const [wire] = client.dataToSend();
+  server.receiveData(wire.slice(0, wire.length - 1));
+  assert.equal(server.failure, undefined);
+  server.receiveData(wire.slice(wire.length - 1));
+  assertFailed(server, 1007, "invalid UTF-8 in text message", ProtocolError);
+});
+
 Deno.test("protocol: a fragmented text message ending inside a code point fails with 1007", () => {
   const server = openServer();
   feed(server, new Frame(Opcode.TEXT, new Uint8Array([0xf0, 0x9f]), { fin: false }));
