@@ -623,8 +623,10 @@ export abstract class Protocol {
         filled === 0 || this.#state !== State.OPEN ||
         !isText(frame, this.#recvOpcode, this.#recvCompressed)
       ) return;
-      const whole = frame.opcode === Opcode.TEXT && frame.fin;
-      pending = this.#pendingText = { frame, validated: 0, pieces: whole ? [] : undefined };
+      // The text of a message in one frame, or of a streamed message's frame, is kept as it is
+      // decoded; other fragments' is decoded again once the message is whole.
+      const keep = (frame.opcode === Opcode.TEXT && frame.fin) || this.#streamMaxSize !== undefined;
+      pending = this.#pendingText = { frame, validated: 0, pieces: keep ? [] : undefined };
     } else if (filled === pending.validated) {
       return;
     }
@@ -642,9 +644,10 @@ export abstract class Protocol {
     if (piece !== "") pieces.push(piece);
     // Many small pieces would cost far more as strings than as bytes: past a few, keep them
     // only while they average KEEP_FRAGMENT_FROM bytes; otherwise decode the frame whole at the end.
-    if (pieces.length > 8 && filled < pieces.length * KEEP_FRAGMENT_FROM) {
-      pending.pieces = undefined;
-    }
+    if (
+      pieces.length > 8 && filled < pieces.length * KEEP_FRAGMENT_FROM &&
+      this.#streamMaxSize === undefined
+    ) pending.pieces = undefined;
   }
 
   /** Signals that the other side closed its end of the stream (TCP FIN). */
@@ -711,7 +714,7 @@ export abstract class Protocol {
     const size = this.#recvSize + data.length;
     if (size > maxSize) throw new PayloadTooBig(size, maxSize);
     if (this.#streamMaxSize !== undefined) {
-      this.#receiveFragment(opcode, data, frame.fin);
+      this.#receiveFragment(opcode, data, frame.fin, pending);
       return;
     }
     const counters = this.counters;
@@ -809,7 +812,10 @@ export abstract class Protocol {
     }
     this.#streamMaxSize = maxSize;
     const fragments = this.#recvFragments;
-    if (fragments === undefined) return;
+    if (fragments === undefined) {
+      this.#keepPendingText(undefined);
+      return;
+    }
     // A message half received: what came so far is its first part.
     this.#recvFragments = undefined;
     this.#streamSize = fragments.size;
@@ -817,24 +823,49 @@ export abstract class Protocol {
       this.failOnError(new PayloadTooBig(fragments.size, maxSize));
       return;
     }
-    if (fragments.size === 0) return;
-    const bytes = fragments.join();
-    this.counters.bytesReceived += bytes.length;
     // (The validating decoder goes on from the end of these bytes: this one is thrown away.)
-    const data = this.#recvOpcode === Opcode.TEXT
-      ? new TextDecoder("utf-8", { fatal: true }).decode(bytes, { stream: true })
-      : bytes;
-    this.#events.push({ type: "fragment", data, fin: false });
+    const decoder = new TextDecoder("utf-8", { fatal: true });
+    if (fragments.size !== 0) {
+      const bytes = fragments.join();
+      this.counters.bytesReceived += bytes.length;
+      const data = this.#recvOpcode === Opcode.TEXT
+        ? decoder.decode(bytes, { stream: true })
+        : bytes;
+      this.#events.push({ type: "fragment", data, fin: false });
+    }
+    this.#keepPendingText(decoder);
   }
 
-  // A data frame of a streamed message: one fragment event.
-  #receiveFragment(opcode: Opcode, data: Uint8Array, fin: boolean): void {
+  // A streamed text frame's part is its text: the first bytes of a frame arriving in pieces,
+  // only validated so far, are decoded (by `decoder`, which stands where the message's
+  // validating decoder stood before them) and the frame's text is kept from now on.
+  #keepPendingText(decoder: TextDecoder | undefined): void {
+    const pending = this.#pendingText;
+    if (pending === undefined || pending.pieces !== undefined) return;
+    decoder ??= new TextDecoder("utf-8", { fatal: true });
+    const bytes = pending.frame.data.subarray(0, pending.validated);
+    pending.pieces = [decoder.decode(bytes, { stream: true })];
+  }
+
+  // A data frame of a streamed message: one fragment event. `pending`: the part of the frame
+  // decoded as it arrived.
+  #receiveFragment(
+    opcode: Opcode,
+    data: Uint8Array,
+    fin: boolean,
+    pending: PendingText | undefined,
+  ): void {
     if (opcode !== Opcode.CONT) this.#recvOpcode = opcode;
     let part: string | Uint8Array = data;
     if (this.#recvOpcode === Opcode.TEXT) {
       const decoder = this.#recvDecoder ??= new TextDecoder("utf-8", { fatal: true });
       try {
-        part = decoder.decode(data, { stream: !fin });
+        if (pending === undefined) {
+          part = decoder.decode(data, { stream: !fin });
+        } else {
+          pending.pieces!.push(decoder.decode(data.subarray(pending.validated), { stream: !fin }));
+          part = pending.pieces!.join("");
+        }
       } catch {
         this.#recvDecoder = undefined;
         throw new ProtocolError("invalid UTF-8 in text message", CloseCode.INVALID_DATA);

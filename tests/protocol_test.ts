@@ -3069,6 +3069,35 @@ Deno.test("protocol: streaming a half-received message gives what came so far fi
   ]);
 });
 
+Deno.test("protocol: streamed text frames arriving in pieces keep their text, whenever streamMessage is called", () => {
+  const bytes = utf8("né€😀 done");
+  const wire = concat(
+    masked(new Frame(Opcode.TEXT, bytes.subarray(0, 2), { fin: false })), // "n" and half of "é"
+    masked(cont(bytes.subarray(2))),
+  );
+  const outcomes: ProtocolEvent[][] = [];
+  const expected: ProtocolEvent[][] = [];
+  // streamMessage() before the first byte (-1) or after any byte; the wire one byte at a time.
+  for (let at = -1; at < wire.length; at++) {
+    const server = openServer();
+    if (at === -1) server.streamMessage();
+    const events: ProtocolEvent[] = [];
+    for (let i = 0; i < wire.length; i++) {
+      server.receiveData(wire.slice(i, i + 1));
+      if (i === at) server.streamMessage();
+      events.push(...server.eventsReceived());
+    }
+    outcomes.push(events);
+    expected.push(
+      at === wire.length - 1 ? [{ type: "message", data: "né€😀 done" }] : [
+        { type: "fragment", data: "n", fin: false },
+        { type: "fragment", data: "é€😀 done", fin: true },
+      ],
+    );
+  }
+  assert.deepEqual(outcomes, expected);
+});
+
 Deno.test("protocol: invalid UTF-8 in a streamed message fails with 1007 at its fragment", () => {
   const server = openServer();
   server.streamMessage();
