@@ -22,7 +22,11 @@ export type Message = string | Uint8Array;
 
 /** Options of {@linkcode MessageQueue.prototype.recv}. */
 export interface RecvOptions {
-  /** Aborts the wait (the message, if one arrives later, stays queued). */
+  /**
+   * Aborts the wait (the message, if one arrives later, stays queued).
+   *
+   * @default {undefined} (wait until a message arrives or the connection closes)
+   */
   signal?: AbortSignal;
 }
 

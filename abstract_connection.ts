@@ -39,7 +39,12 @@ export type Sendable =
 
 /** Options of {@linkcode Connection.prototype.send}. */
 export interface SendOptions {
-  /** `false` sends this message uncompressed even when compression was negotiated. */
+  /**
+   * `false` sends this message uncompressed even when compression was
+   * negotiated.
+   *
+   * @default {true}
+   */
   compress?: boolean;
 }
 
@@ -70,19 +75,54 @@ export interface CloseResult {
 
 /** Options shared by every connection: limits, timeouts, logging. */
 export interface ConnectionOptions {
-  /** Interval between keepalive pings in ms; `null` disables keepalive. Default 20 000. */
+  /**
+   * Keepalive: interval between pings, in ms, while the connection is open;
+   * `null` disables keepalive.
+   *
+   * @default {20_000}
+   */
   pingInterval?: number | null;
-  /** Time to wait for the pong of a keepalive ping in ms; `null` waits forever. Default 20 000. */
+  /**
+   * Time to wait for the pong of a keepalive ping, in ms; when it doesn't
+   * come, the connection closes with 1011. `null` waits forever.
+   *
+   * @default {20_000}
+   */
   pingTimeout?: number | null;
-  /** Time to wait for the closing handshake and the TCP close, in ms. Default 10 000. */
+  /**
+   * Time for the closing handshake and the TCP close, in ms; then the socket
+   * is closed (and `closed` reports 1006 when no close frame came back).
+   *
+   * @default {10_000}
+   */
   closeTimeout?: number;
-  /** Largest incoming message, after decompression, in bytes; `Infinity` disables it. Default 1 MiB. */
+  /**
+   * Largest incoming message, after decompression, in bytes; a bigger one
+   * closes the connection with 1009. `Infinity` disables the limit (a frame
+   * announcing more than can be allocated still closes with 1009).
+   *
+   * @default {1_048_576} (1 MiB)
+   */
   maxSize?: number;
-  /** Received messages buffered before reading from the socket pauses. Default 16. */
+  /**
+   * Received messages buffered while the application doesn't read; past
+   * this, reading from the socket pauses and TCP pushes back on the peer.
+   *
+   * @default {16}
+   */
   maxQueue?: number;
-  /** High-water mark of the outgoing buffer, in bytes, that `send()` waits under. Default 32 KiB. */
+  /**
+   * High-water mark of the outgoing buffer, in bytes: `send()` waits while
+   * more than this is buffered.
+   *
+   * @default {32_768} (32 KiB)
+   */
   writeLimit?: number;
-  /** Where logs go; default: nowhere. */
+  /**
+   * Where logs go: `{ debug, info, warn, error }`; `console` fits.
+   *
+   * @default {undefined} (no logging)
+   */
   logger?: Logger;
 }
 

@@ -40,35 +40,94 @@ import { parseUri, type WebSocketURI } from "./uri.ts";
 /** The `User-Agent` header sent by default. */
 export const USER_AGENT: string = PRODUCT;
 
-/** Options of the reconnection loop of {@linkcode connect}. */
+/**
+ * Options of the reconnection loop of {@linkcode connect}: the delay before
+ * each new attempt starts at `initialDelay`, is multiplied by `factor` after
+ * each failed attempt up to `maxDelay`, with random jitter, and starts over
+ * once a connection opened.
+ */
 export interface BackoffOptions {
-  /** First delay before reconnecting, in ms. Default 1 000. */
+  /**
+   * First delay before reconnecting, in ms.
+   *
+   * @default {1_000}
+   */
   initialDelay?: number;
-  /** Multiplier applied after each failed attempt. Default 1.618. */
+  /**
+   * Multiplier applied to the delay after each failed attempt.
+   *
+   * @default {1.618}
+   */
   factor?: number;
-  /** Longest delay, in ms. Default 60 000. */
+  /**
+   * Longest delay, in ms.
+   *
+   * @default {60_000}
+   */
   maxDelay?: number;
 }
 
-/** Options of {@linkcode connect}; every limit has a default, see the README. */
+/**
+ * Options of {@linkcode connect}: those of every connection (limits,
+ * timeouts, keepalive) and those of the client's handshake.
+ */
 export interface ConnectOptions extends ConnectionOptions {
-  /** Value of the `Origin` header. */
+  /**
+   * Value of the `Origin` header.
+   *
+   * @default {undefined} (no `Origin` header)
+   */
   origin?: string;
-  /** Subprotocols to offer, in order of preference. */
+  /**
+   * Subprotocols to offer, in order of preference.
+   *
+   * @default {undefined} (none offered)
+   */
   subprotocols?: string[];
-  /** Extensions to offer; replaces the ones `compression` would add. */
+  /**
+   * Extension factories to offer; replaces the ones `compression` adds.
+   *
+   * @default {undefined} (the ones `compression` adds)
+   */
   extensions?: ClientExtensionFactory[];
-  /** `"deflate"` (default) offers permessage-deflate; `null` disables compression. */
+  /**
+   * `"deflate"` offers permessage-deflate (RFC 7692); `null` disables
+   * compression.
+   *
+   * @default {"deflate"}
+   */
   compression?: "deflate" | null;
-  /** Extra request headers. */
+  /**
+   * Extra request headers: a record, pairs or {@linkcode Headers}.
+   *
+   * @default {undefined}
+   */
   additionalHeaders?: Headers | Record<string, string> | Iterable<[string, string]>;
-  /** Value of the `User-Agent` header; `null` leaves it out. Default {@linkcode USER_AGENT}. */
+  /**
+   * Value of the `User-Agent` header; `null` leaves it out.
+   *
+   * @default {USER_AGENT} (`Deno/<version> @denows/websockets/<version>`)
+   */
   userAgentHeader?: string | null;
-  /** Time allowed for connecting and the whole opening handshake, in ms. Default 10 000. */
+  /**
+   * Time allowed for connecting and the whole opening handshake, in ms; then
+   * `connect()` throws `HandshakeTimeout`.
+   *
+   * @default {10_000}
+   */
   openTimeout?: number;
-  /** Aborts connecting (and stops the reconnection loop). */
+  /**
+   * Aborts connecting, and ends the reconnection loop quietly.
+   *
+   * @default {undefined}
+   */
   signal?: AbortSignal;
-  /** Extra CA certificates (PEM) trusted for `wss:`, and for an `https:` proxy. */
+  /**
+   * Extra CA certificates (PEM) trusted for `wss:`, and for an `https:`
+   * proxy, besides the system's.
+   *
+   * @default {undefined}
+   */
   caCerts?: string[];
   /**
    * The proxy to connect through: an `http://`, `https://`, `socks5://` or
@@ -83,15 +142,37 @@ export interface ConnectOptions extends ConnectionOptions {
    * @default {undefined}
    */
   proxy?: string | null;
-  /** Connect to this Unix socket path instead of the URI's host and port. */
+  /**
+   * Connect to this Unix socket path instead of the URI's host and port.
+   *
+   * @default {undefined}
+   */
   unix?: string;
-  /** Use this already connected transport (e.g. a `Deno.Conn`) instead of connecting. */
+  /**
+   * Run the handshake over this already connected transport (e.g. a
+   * `Deno.Conn`, or `fromStreams()`) instead of connecting.
+   *
+   * @default {undefined}
+   */
   sock?: Transport;
-  /** Redirects followed at most. Default 10. */
+  /**
+   * Redirects (301, 302, 303, 307, 308) followed at most; one more throws
+   * `SecurityError`.
+   *
+   * @default {10}
+   */
   maxRedirects?: number;
-  /** Limits of the handshake response: header count, line length, body size. */
+  /**
+   * Limits of the handshake response: header count, line length, body size.
+   *
+   * @default {{ maxNumHeaders: 128, maxLineLength: 8192, maxBodySize: 1_048_576 }}
+   */
   httpLimits?: HttpLimits;
-  /** Delays of the reconnection loop (`for await … of connect()`). */
+  /**
+   * Delays of the reconnection loop (`for await (const ws of connect(url))`).
+   *
+   * @default {{ initialDelay: 1_000, factor: 1.618, maxDelay: 60_000 }}
+   */
   backoff?: BackoffOptions;
 }
 

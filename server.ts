@@ -98,51 +98,130 @@ export interface TlsOptions {
   key: string;
 }
 
-/** Options of {@linkcode serve}; every limit has a default, see the README. */
+/**
+ * Options of {@linkcode serve}: those of every connection (limits, timeouts,
+ * keepalive), where to listen, and the server's handshake.
+ */
 export interface ServeOptions extends ConnectionOptions {
-  /** Interface to listen on. Default `"0.0.0.0"`. */
+  /**
+   * Interface to listen on.
+   *
+   * @default {"0.0.0.0"}
+   */
   hostname?: string;
-  /** Port to listen on; 0 picks a free one. Default 0. */
+  /**
+   * Port to listen on; `0` picks a free one (see `server.port`).
+   *
+   * @default {0}
+   */
   port?: number;
-  /** Listen on this Unix socket path instead of TCP. */
+  /**
+   * Listen on this Unix socket path instead of TCP.
+   *
+   * @default {undefined}
+   */
   unix?: string;
-  /** Serve `wss:` with this certificate and key. */
+  /**
+   * Serve `wss:` with this certificate and key (`Deno.listenTls`).
+   *
+   * @default {undefined} (plain `ws:`)
+   */
   tls?: TlsOptions;
   /**
-   * The runtime API that serves plain TCP: `"Deno.listen"` (default) or
-   * `"node:net"`. Both run the same protocol code. `"node:net"` is for fan-out
-   * to many thousands of connections: its writes complete synchronously and
-   * its event loop visits only ready sockets, so `broadcast()` to 10 000
-   * clients runs about 2.7 times as fast; `"Deno.listen"` is faster for
-   * large messages, single round trips and handshakes (figures in the
-   * README's performance section). `"node:net"` applies to an IP address `hostname`
-   * where the runtime provides what it needs, otherwise `Deno.listen` is
-   * used; TLS and Unix sockets always use `Deno.listenTls` / `Deno.listen`.
+   * The runtime API that serves plain TCP: `"Deno.listen"` or `"node:net"`.
+   * Both run the same protocol code. `"node:net"` is for fan-out to many
+   * thousands of connections: its writes complete synchronously and its
+   * event loop visits only ready sockets, so `broadcast()` to 10 000 clients
+   * runs about 2.5 times as fast; `"Deno.listen"` is faster for large
+   * messages, single round trips and handshakes (figures in the performance
+   * guide, `docs/performance.md`). `"node:net"` applies to an IP address
+   * `hostname` where the runtime provides what it needs, otherwise
+   * `Deno.listen` is used; TLS and Unix sockets always use
+   * `Deno.listenTls` / `Deno.listen`.
+   *
+   * @default {"Deno.listen"}
    */
   tcp?: "node:net" | "Deno.listen";
-  /** Accepted `Origin` values; default: any. `undefined` in the list accepts requests without `Origin`. */
+  /**
+   * Accepted `Origin` values: strings match exactly, `RegExp`s match the
+   * whole origin, `undefined` in the list accepts requests without `Origin`.
+   * Other requests get 403. Set it on any server that browsers reach with
+   * cookies (cross-site WebSocket hijacking).
+   *
+   * @default {undefined} (any origin)
+   */
   origins?: OriginPattern[];
-  /** Subprotocols supported; the first one the client offered is chosen. */
+  /**
+   * Subprotocols supported; the first one the client offered that is in
+   * this list is chosen.
+   *
+   * @default {undefined} (none)
+   */
   subprotocols?: string[];
-  /** Custom subprotocol selection. */
+  /**
+   * Custom subprotocol selection: `(offered, request) => string | undefined`.
+   *
+   * @default {undefined} (the first offered that `subprotocols` lists)
+   */
   selectSubprotocol?: SelectSubprotocol;
-  /** Extensions supported; replaces the ones `compression` would add. */
+  /**
+   * Extension factories supported; replaces the ones `compression` adds.
+   *
+   * @default {undefined} (the ones `compression` adds)
+   */
   extensions?: ServerExtensionFactory[];
-  /** `"deflate"` (default) accepts permessage-deflate; `null` disables compression. */
+  /**
+   * `"deflate"` accepts permessage-deflate (RFC 7692) with the server
+   * defaults; `null` disables compression.
+   *
+   * @default {"deflate"}
+   */
   compression?: "deflate" | null;
-  /** Hook before the handshake, e.g. to answer plain HTTP or authenticate. */
+  /**
+   * Hook before the handshake, e.g. to answer plain HTTP or authenticate:
+   * return a response to send it instead, or `undefined` to go on.
+   *
+   * @default {undefined}
+   */
   processRequest?: ProcessRequest;
-  /** Hook on the handshake response. */
+  /**
+   * Hook on the handshake response: change it (add a header) or return
+   * another one.
+   *
+   * @default {undefined}
+   */
   processResponse?: ProcessResponse;
-  /** Value of the `Server` header; `null` leaves it out. Default {@linkcode SERVER_HEADER}. */
+  /**
+   * Value of the `Server` header; `null` leaves it out.
+   *
+   * @default {SERVER_HEADER} (`Deno/<version> @denows/websockets/<version>`)
+   */
   serverHeader?: string | null;
-  /** Time allowed for the opening handshake, in ms. Default 10 000. */
+  /**
+   * Time allowed for the opening handshake, in ms;
+   * then the socket is closed. Checked every `openTimeout / 4`, so a
+   * handshake is dropped within 1.25 × `openTimeout`.
+   *
+   * @default {10_000}
+   */
   openTimeout?: number;
-  /** Connections at most; beyond, handshakes are answered with 503. Default: no limit. */
+  /**
+   * Open connections at most; handshakes beyond are answered with 503.
+   *
+   * @default {Infinity} (no limit)
+   */
   maxConnections?: number;
-  /** Limits of the handshake request: header count, line length. */
+  /**
+   * Limits of the handshake request: header count and line length.
+   *
+   * @default {{ maxNumHeaders: 128, maxLineLength: 8192 }}
+   */
   httpLimits?: HttpLimits;
-  /** Closes the server (as `server.close()`) when aborted. */
+  /**
+   * Closes the server (as `server.close()`) when aborted.
+   *
+   * @default {undefined}
+   */
   signal?: AbortSignal;
 }
 

@@ -27,6 +27,8 @@ export interface StreamConnectionOptions extends ConnectionOptions {
   /**
    * Called for the `request` (server) or `response` (client) event of the
    * opening handshake, while reading is paused.
+   *
+   * @default {undefined}
    */
   onHandshake?: (event: ProtocolEvent, connection: StreamConnection) => void | Promise<void>;
   /**
@@ -34,7 +36,8 @@ export interface StreamConnectionOptions extends ConnectionOptions {
    * closed right after the write, as a TCP or Unix socket does. A server then
    * closes it as soon as the client's close frame came and its own was
    * written, rather than half-closing and waiting for the client to close.
-   * Default `false`.
+   *
+   * @default {false}
    */
   closeAtOnce?: boolean;
 }
