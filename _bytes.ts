@@ -112,3 +112,27 @@ export function allocate(length: number, phase: number): Uint8Array {
   slabOffset = (start + length + 7) & ~7;
   return slab.subarray(start, start + length);
 }
+
+/**
+ * The length of `text` in UTF-8 bytes, without encoding it (a lone surrogate
+ * counts 3, the length of the U+FFFD it becomes).
+ */
+export function utf8Length(text: string): number {
+  const units = text.length;
+  let bytes = units;
+  for (let i = 0; i < units; i++) {
+    const code = text.charCodeAt(i);
+    if (code < 0x80) continue;
+    if (code < 0x800) bytes += 1;
+    else if (code >= 0xd800 && code <= 0xdbff && i + 1 < units) {
+      const next = text.charCodeAt(i + 1);
+      if (next >= 0xdc00 && next <= 0xdfff) {
+        bytes += 2; // 4 bytes for 2 code units
+        i++;
+      } else {
+        bytes += 2;
+      }
+    } else bytes += 2;
+  }
+  return bytes;
+}

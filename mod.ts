@@ -35,3 +35,4 @@ export * from "./server.ts";
 export * from "./broadcast.ts";
 export * from "./deploy.ts";
 export * from "./pubsub.ts";
+export * from "./websocket.ts";
