@@ -906,3 +906,26 @@ Deno.test("websocket: an on… attribute keeps its place among listeners and nul
     await server.close();
   }
 });
+
+Deno.test("websocket: examples/websocket_class.ts hands the class to browser-API code and prints the answers", async () => {
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-net",
+      new URL("../examples/websocket_class.ts", import.meta.url).pathname,
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.deepStrictEqual(
+    { code: output.code, stdout: new TextDecoder().decode(output.stdout).trim().split("\n") },
+    {
+      code: 0,
+      stdout: [
+        "first: answers.v1, compressed, token Bearer demo-token",
+        "second: answers.v1, compressed, token Bearer demo-token",
+        "third: answers.v1, not compressed, token none",
+      ],
+    },
+  );
+});
