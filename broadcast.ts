@@ -38,16 +38,18 @@ export type SlowConnectionPolicy = "close" | "skip";
  */
 export interface BroadcastOptions {
   /**
-   * Largest `bufferedAmount`, in bytes, a connection may have when the
-   * message is queued; a connection over it is slow and handled as `onSlow`
-   * says. Default: no limit.
+   * Largest `bufferedAmount`, in bytes, a connection may have when the message
+   * is queued; a connection over it is slow and handled as `onSlow` says.
+   *
+   * @default {Infinity} (no limit)
    */
   maxBufferedAmount?: number;
   /**
-   * What happens to a slow connection: `"close"` (the default) starts its
-   * closing handshake with code 1013 (try again later) without waiting for
-   * it; `"skip"` leaves it open without this message. Ignored without
-   * `maxBufferedAmount`.
+   * What happens to a slow connection: `"close"` starts its closing handshake
+   * with code 1013 (try again later) without waiting for it; `"skip"` leaves it
+   * open without this message. Ignored without `maxBufferedAmount`.
+   *
+   * @default {"close"}
    */
   onSlow?: SlowConnectionPolicy;
 }

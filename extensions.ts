@@ -34,16 +34,22 @@ export type { ExtensionParameter };
 /** Options passed to {@linkcode Extension.prototype.decode}. */
 export interface DecodeOptions {
   /**
-   * How many more decoded bytes the current message may have before it
-   * exceeds `maxSize`. An extension that expands data (decompression) must
-   * stop at this limit and throw `PayloadTooBig`.
+   * How many more decoded bytes the current message may have before it exceeds
+   * `maxSize`. An extension that expands data (decompression) must stop at this
+   * limit and throw `PayloadTooBig`.
+   *
+   * @default {undefined} (no limit)
    */
   maxSize?: number;
 }
 
 /** Options passed to {@linkcode Extension.prototype.encode}. */
 export interface EncodeOptions {
-  /** `false` asks a compression extension to send this message uncompressed. */
+  /**
+   * `false` asks a compression extension to send this message uncompressed.
+   *
+   * @default {true}
+   */
   compress?: boolean;
 }
 

@@ -145,13 +145,29 @@ export function isValidCloseCode(code: number): boolean {
 
 /** Options of the {@linkcode Frame} constructor: the header bits other than the opcode. */
 export interface FrameOptions {
-  /** FIN bit: this is the final fragment of a message. Default `true`. */
+  /**
+   * FIN bit: this is the final fragment of a message.
+   *
+   * @default {true}
+   */
   fin?: boolean;
-  /** RSV1 bit (used by permessage-deflate). Default `false`. */
+  /**
+   * RSV1 bit (used by permessage-deflate).
+   *
+   * @default {false}
+   */
   rsv1?: boolean;
-  /** RSV2 bit. Default `false`. */
+  /**
+   * RSV2 bit.
+   *
+   * @default {false}
+   */
   rsv2?: boolean;
-  /** RSV3 bit. Default `false`. */
+  /**
+   * RSV3 bit.
+   *
+   * @default {false}
+   */
   rsv3?: boolean;
 }
 
@@ -159,7 +175,11 @@ export interface FrameOptions {
 export interface SerializeOptions {
   /** Whether to mask the payload: clients mask, servers don't. */
   mask: boolean;
-  /** Four bytes to mask with; a random key is drawn when absent. */
+  /**
+   * Four bytes to mask with, when `mask` is `true`.
+   *
+   * @default {undefined} (a random key is drawn for each frame)
+   */
   maskingKey?: Uint8Array;
 }
 
@@ -167,9 +187,19 @@ export interface SerializeOptions {
 export interface ParseOptions {
   /** Whether frames must be masked: `true` on a server (frames from clients), `false` on a client. */
   mask: boolean;
-  /** Largest payload accepted, in bytes, checked before allocating. Default: no limit. */
+  /**
+   * Largest payload accepted, in bytes, checked before allocating; a longer
+   * frame throws `PayloadTooBig`.
+   *
+   * @default {Infinity} (no limit)
+   */
   maxSize?: number;
-  /** Which RSV bits an extension allows, as a bit mask of the first header byte (`0x40` = RSV1). Default `0`. */
+  /**
+   * Which RSV bits an extension allows, as a bit mask of the first header byte
+   * (`0x40` = RSV1); a frame with another RSV bit set throws `ProtocolError`.
+   *
+   * @default {0} (no RSV bit allowed)
+   */
   allowedRsv?: number;
 }
 

@@ -39,11 +39,23 @@ import { Headers, parseConnection, validateHeaderName } from "./headers.ts";
  * ```
  */
 export interface HttpLimits {
-  /** Most header lines accepted (trailers of a chunked body included). Default 128. */
+  /**
+   * Most header lines accepted (trailers of a chunked body included).
+   *
+   * @default {128}
+   */
   maxNumHeaders?: number;
-  /** Longest line accepted, in bytes, without its CRLF. Default 8192. */
+  /**
+   * Longest line accepted, in bytes, without its CRLF.
+   *
+   * @default {8192}
+   */
   maxLineLength?: number;
-  /** Largest response body accepted, in bytes, after chunked decoding. Default 1 MiB (1048576). */
+  /**
+   * Largest response body accepted, in bytes, after chunked decoding.
+   *
+   * @default {1_048_576} (1 MiB)
+   */
   maxBodySize?: number;
 }
 

@@ -382,15 +382,26 @@ function checkCodecOptions(options: DeflateCodecOptions): void {
  */
 export interface DeflateCodecOptions {
   /**
-   * Messages whose first frame carries fewer bytes are sent uncompressed.
-   * Default 128 when the compressor is reset after each message (a shorter
-   * message then barely shrinks, if at all), 0 with context takeover (short
-   * messages that repeat earlier ones shrink a lot).
+   * Messages whose first frame carries fewer bytes are sent uncompressed. The
+   * default depends on the compressor: 128 bytes when it is reset after each
+   * message (a shorter message then barely shrinks, if at all), 0 with context
+   * takeover (short messages that repeat earlier ones shrink a lot).
+   *
+   * @default {128} without context takeover, {0} with it
    */
   threshold?: number;
-  /** zlib memory level, 1–9. Default 8 (zlib's default). */
+  /**
+   * zlib memory level, 1–9.
+   *
+   * @default {8} (zlib's default)
+   */
   memLevel?: number;
-  /** zlib compression level, -1–9 (0: none, 1: fastest, 9: smallest, -1: zlib's default 6). Default 6. */
+  /**
+   * zlib compression level, -1–9 (0: none, 1: fastest, 9: smallest, -1: zlib's
+   * default, 6).
+   *
+   * @default {6}
+   */
   level?: number;
 }
 
@@ -731,16 +742,29 @@ function checkAlreadyAccepted(accepted: readonly Extension[]): void {
  * ```
  */
 export interface ClientPerMessageDeflateOptions extends DeflateCodecOptions {
-  /** Ask the server to reset its compressor after each message (it must agree). Default `false`. */
+  /**
+   * Ask the server to reset its compressor after each message (it must agree).
+   *
+   * @default {false}
+   */
   serverNoContextTakeover?: boolean;
-  /** Reset this client's compressor after each message, and say so. Default `false`. */
+  /**
+   * Reset this client's compressor after each message, and say so.
+   *
+   * @default {false}
+   */
   clientNoContextTakeover?: boolean;
-  /** Ask the server to use at most this window, 8–15 bits (it must agree). Default: no limit. */
+  /**
+   * Ask the server to use at most this window, 8–15 bits (it must agree).
+   *
+   * @default {undefined} (no limit asked for)
+   */
   serverMaxWindowBits?: number;
   /**
    * Use at most this window, 9–15 bits, and say so; or `true`: let the server
-   * choose the client's window. Default: not offered (the server cannot
-   * limit the client's window).
+   * choose the client's window.
+   *
+   * @default {undefined} (not offered: the server cannot limit the client's window; `compression: "deflate"` offers `true`)
    */
   clientMaxWindowBits?: number | true;
 }
@@ -879,20 +903,35 @@ export class ClientPerMessageDeflateFactory implements ClientExtensionFactory {
  * ```
  */
 export interface ServerPerMessageDeflateOptions extends DeflateCodecOptions {
-  /** Reset the server's compressor after each message, and say so. Default `false`. */
+  /**
+   * Reset the server's compressor after each message, and say so.
+   *
+   * @default {false} (`compression: "deflate"` uses `true`)
+   */
   serverNoContextTakeover?: boolean;
-  /** Require clients to reset their compressor after each message. Default `false`. */
+  /**
+   * Require clients to reset their compressor after each message.
+   *
+   * @default {false}
+   */
   clientNoContextTakeover?: boolean;
-  /** Use at most this window, 9–15 bits. Default 15 (or what the client asks for). */
+  /**
+   * Use at most this window, 9–15 bits.
+   *
+   * @default {15} (or what the client asks for)
+   */
   serverMaxWindowBits?: number;
   /**
    * Ask clients that support it to use at most this window, 8–15 bits.
-   * Default: no limit.
+   *
+   * @default {undefined} (no limit; `compression: "deflate"` asks for 12)
    */
   clientMaxWindowBits?: number;
   /**
    * Decline offers without `client_max_window_bits` (clients that cannot be
-   * limited). Needs `clientMaxWindowBits`. Default `false`.
+   * limited). Needs `clientMaxWindowBits`.
+   *
+   * @default {false}
    */
   requireClientMaxWindowBits?: boolean;
 }

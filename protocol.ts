@@ -216,11 +216,25 @@ export interface TrafficCounters {
 
 /** Options shared by {@linkcode ClientProtocol} and {@linkcode ServerProtocol}. */
 export interface ProtocolOptions {
-  /** Largest incoming message, after decompression, in bytes. Default 1 MiB; `Infinity` disables it. */
+  /**
+   * Largest incoming message, after decompression, in bytes; `Infinity` disables
+   * the limit.
+   *
+   * @default {1_048_576} (1 MiB)
+   */
   maxSize?: number;
-  /** Limits of the handshake's HTTP message (header count, line length, body size). */
+  /**
+   * Limits of the handshake's HTTP message (header count, line length, body
+   * size).
+   *
+   * @default {{ maxNumHeaders: 128, maxLineLength: 8192, maxBodySize: 1_048_576 }}
+   */
   httpLimits?: HttpLimits;
-  /** Where frame traces go (debug level). Default: nowhere. */
+  /**
+   * Where frame traces go (debug level).
+   *
+   * @default {undefined} (no logging)
+   */
   logger?: Logger;
 }
 
@@ -1135,15 +1149,35 @@ function truncateReason(reason: string): string {
 
 /** Options of {@linkcode ClientProtocol}. */
 export interface ClientProtocolOptions extends ProtocolOptions {
-  /** Value of the `Origin` header, if any. */
+  /**
+   * Value of the `Origin` header.
+   *
+   * @default {undefined} (no `Origin` header)
+   */
   origin?: string;
-  /** Extensions to offer, in order of preference. */
+  /**
+   * Extensions to offer, in order of preference.
+   *
+   * @default {undefined} (none offered)
+   */
   extensions?: ClientExtensionFactory[];
-  /** Subprotocols to offer, in order of preference. */
+  /**
+   * Subprotocols to offer, in order of preference.
+   *
+   * @default {undefined} (none offered)
+   */
   subprotocols?: string[];
-  /** Extra request headers. */
+  /**
+   * Extra request headers.
+   *
+   * @default {undefined}
+   */
   additionalHeaders?: Headers | Record<string, string> | Iterable<[string, string]>;
-  /** Value of the `User-Agent` header; `undefined` leaves it out. */
+  /**
+   * Value of the `User-Agent` header.
+   *
+   * @default {undefined} (no `User-Agent` header)
+   */
   userAgentHeader?: string;
 }
 
@@ -1412,15 +1446,36 @@ export type SelectSubprotocol = (offered: string[], request: Request) => string 
 
 /** Options of {@linkcode ServerProtocol}. */
 export interface ServerProtocolOptions extends ProtocolOptions {
-  /** Accepted origins; `undefined` (the default) accepts any origin. */
+  /**
+   * Accepted origins; others are rejected with 403.
+   *
+   * @default {undefined} (any origin)
+   */
   origins?: OriginPattern[];
-  /** Extensions the server supports, in order of preference. */
+  /**
+   * Extensions the server supports, in order of preference.
+   *
+   * @default {undefined} (none)
+   */
   extensions?: ServerExtensionFactory[];
-  /** Subprotocols the server supports; the first one the client offered is chosen. */
+  /**
+   * Subprotocols the server supports; the first one the client offered is
+   * chosen.
+   *
+   * @default {undefined} (none)
+   */
   subprotocols?: string[];
-  /** Custom subprotocol selection, replacing the `subprotocols` rule. */
+  /**
+   * Custom subprotocol selection, replacing the `subprotocols` rule.
+   *
+   * @default {undefined} (the `subprotocols` rule)
+   */
   selectSubprotocol?: SelectSubprotocol;
-  /** Value of the `Server` header; `undefined` leaves it out. */
+  /**
+   * Value of the `Server` header.
+   *
+   * @default {undefined} (no `Server` header)
+   */
   serverHeader?: string;
 }
 

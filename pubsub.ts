@@ -241,22 +241,39 @@ function toBackplaneError(error: unknown, context: string): BackplaneError {
  * ```
  */
 export interface RoomOptions {
-  /** How messages reach the other processes. Default: none, the room is local. */
+  /**
+   * How messages reach the other processes.
+   *
+   * @default {undefined} (the room is local to this process)
+   */
   backplane?: Backplane;
-  /** The backplane channel. Default: the room's name. */
+  /**
+   * The backplane channel.
+   *
+   * @default {undefined} (the room's name)
+   */
   channel?: string;
   /**
    * Receives what goes wrong in the background, which the room survives:
    * {@linkcode BackplaneError} (publish or subscription failures, the
-   * backplane's connection lost), {@linkcode InvalidEnvelope} (foreign data
-   * on the channel, dropped), and a `ConcurrencyError` when a message from
-   * another process can't go to members in the middle of a fragmented send.
-   * Default: `console.error`.
+   * backplane's connection lost), {@linkcode InvalidEnvelope} (foreign data on
+   * the channel, dropped), and a `ConcurrencyError` when a message from another
+   * process can't go to members in the middle of a fragmented send.
+   *
+   * @default {console.error}
    */
   onError?: (error: Error) => void;
-  /** Passed to {@linkcode broadcast} for every delivery to the local members. Default: no limit. */
+  /**
+   * Passed to {@linkcode broadcast} for every delivery to the local members.
+   *
+   * @default {Infinity} (no limit)
+   */
   maxBufferedAmount?: number;
-  /** Passed to {@linkcode broadcast} with `maxBufferedAmount`. Default `"close"`. */
+  /**
+   * Passed to {@linkcode broadcast} with `maxBufferedAmount`.
+   *
+   * @default {"close"}
+   */
   onSlow?: SlowConnectionPolicy;
 }
 
