@@ -18,6 +18,8 @@ import { type Close, CloseCode } from "./frames.ts";
 import type { Request, Response } from "./http11.ts";
 import { type Logger, State, stateName } from "./protocol.ts";
 
+const NO_PARAMS: Readonly<Record<string, string>> = Object.freeze({});
+
 /**
  * What {@linkcode Connection.prototype.send} accepts: a string (Text), bytes
  * (Binary: `Uint8Array`, `ArrayBuffer`, any `ArrayBufferView`), or an
@@ -191,6 +193,12 @@ export abstract class Connection extends MessageQueue implements AsyncDisposable
   readonly id: number = nextId++;
   /** The last round-trip time measured by `ping()` or keepalive, in ms (0 before any). */
   latency: number = 0;
+  /**
+   * The groups of the route pattern this connection matched, percent-decoded
+   * (see `route()`): `connection.params.name` for `/rooms/:name`. Empty
+   * when no router was involved.
+   */
+  readonly params: Readonly<Record<string, string>> = NO_PARAMS;
 
   /** Largest incoming message in bytes. */
   readonly maxSize: number;

@@ -52,6 +52,7 @@ import type { EncodeOptions, Extension } from "./extensions.ts";
 import { Close, CloseCode } from "./frames.ts";
 import { Headers } from "./headers.ts";
 import { Request, Response } from "./http11.ts";
+import { isRouter, type RouteMatch, routeRequest } from "./router.ts";
 import {
   type Logger,
   type OriginPattern,
@@ -899,9 +900,11 @@ export function accept(request: globalThis.Request, options: AcceptOptions = {})
  * (`deno serve`, Deno Deploy).
  *
  * For each request: `processRequest`, if given, may answer it (plain HTTP
- * on the same port); otherwise the request goes through
- * {@linkcode accept} (a request that isn't an upgrade gets 426, like
- * `serve()`). Once the connection is open, `fn` runs; when it returns the
+ * on the same port); then, when `fn` is a router made by `route()`, the
+ * request URL is matched (`404 Not Found` when no route matches, `400` for
+ * a group that isn't valid percent-encoding, a route's `respond()` answer);
+ * otherwise the request goes through {@linkcode accept} (a request that
+ * isn't an upgrade gets 426, like `serve()`). Once the connection is open, `fn` runs; when it returns the
  * connection is closed with 1000, when it throws with 1011 and the error is
  * logged (to `logger`, or `console` without one). A `ConnectionClosed`
  * error thrown after the connection closed is not logged.
@@ -938,6 +941,7 @@ export function handler(
   });
   const logger = options.logger;
   const errorLogger: Pick<Logger, "error"> = logger ?? console;
+  const router = isRouter(fn) ? fn : undefined;
 
   async function run(connection: PlatformConnection): Promise<void> {
     try {
@@ -956,8 +960,15 @@ export function handler(
       const answer = await processRequest(request, info);
       if (answer !== undefined) return answer;
     }
+    let match: RouteMatch<PlatformConnection> | undefined;
+    if (router !== undefined) {
+      const decision = await routeRequest(router, new URL(request.url), () => request);
+      if (decision.response !== undefined) return decision.response;
+      match = decision.match;
+    }
     const result = accept(request, { ...acceptOptions, remoteAddr: info?.remoteAddr });
     if (result.connection !== undefined) {
+      if (match !== undefined) router!.attach(result.connection, match);
       run(result.connection).catch((error) => {
         errorLogger.error("unexpected error in connection", error);
       });

@@ -34,5 +34,13 @@ export * from "./client.ts";
 export * from "./server.ts";
 export * from "./broadcast.ts";
 export * from "./deploy.ts";
+export {
+  type Route,
+  route,
+  type RouteMatch,
+  type RouteParams,
+  type Router,
+  type RouteResponder,
+} from "./router.ts";
 export * from "./pubsub.ts";
 export * from "./websocket.ts";

@@ -26,6 +26,7 @@ import type { ServerExtensionFactory } from "./extensions.ts";
 import { Headers, parseAuthorizationBasic } from "./headers.ts";
 import { type HttpLimits, reasonPhrase, type Request, Response } from "./http11.ts";
 import { defaultServerExtensions } from "./permessage_deflate.ts";
+import { isRouter, requestUrl, type Router, routeRequest } from "./router.ts";
 import {
   type Logger,
   type OriginPattern,
@@ -103,6 +104,22 @@ export interface TlsOptions {
  * keepalive), where to listen, and the server's handshake.
  */
 export interface ServeOptions extends ConnectionOptions {
+  /**
+   * A listener you already have (`Deno.listen()`, `Deno.listenTls()`, a Unix
+   * socket), like Python `websockets`' `sock=`: the server accepts from it
+   * rather than listening itself, and owns it from then on
+   * (`server.close()` closes it). Not with `hostname`, `port`, `unix`,
+   * `tls` or `tcp` (`TypeError`).
+   *
+   * @default {undefined} (the server listens itself)
+   *
+   * @example
+   * ```ts ignore
+   * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+   * const server = serve((ws) => ws.close(), { listener });
+   * ```
+   */
+  listener?: Deno.Listener;
   /**
    * Interface to listen on.
    *
@@ -275,6 +292,16 @@ async function toResponse(answer: Response | globalThis.Response): Promise<Respo
   );
 }
 
+// A WHATWG request for a route's respond(): the URL matched and the handshake request's headers.
+function toWebRequest(url: URL, request: Request): globalThis.Request {
+  return new globalThis.Request(url, { headers: [...request.headers.rawItems()] });
+}
+
+// Whether a transport is a TLS connection (a Deno.TlsConn, from listenTls or a listener given).
+function isTls(transport: Transport): boolean {
+  return typeof (transport as Partial<Deno.TlsConn>).handshake === "function";
+}
+
 // Thrown by a server's handshake step when the handshake didn't succeed (nothing to report).
 const HANDSHAKE_FAILED = Symbol("handshake failed");
 
@@ -305,6 +332,7 @@ export class Server implements AsyncDisposable {
   readonly finished: Promise<void>;
 
   readonly #handler: Handler;
+  readonly #router: Router<ServerConnection> | undefined;
   readonly #options: ServeOptions;
   readonly #logger: Logger | undefined;
   readonly #openTimeout: number;
@@ -312,6 +340,8 @@ export class Server implements AsyncDisposable {
   readonly #listener: Deno.Listener | undefined;
   readonly #tcpListener: TcpListener | undefined;
   readonly #connectionOptions: StreamConnectionOptions;
+  // The same for TLS connections, which don't close at once (see the constructor).
+  readonly #tlsConnectionOptions: StreamConnectionOptions;
   readonly #protocolOptions: ServerProtocolOptions;
   // Connections whose handler runs.
   readonly #connections = new Set<ServerConnection>();
@@ -336,18 +366,23 @@ export class Server implements AsyncDisposable {
     if (options.tcp !== undefined && options.tcp !== "node:net" && options.tcp !== "Deno.listen") {
       throw new TypeError(`tcp must be "node:net" or "Deno.listen", got ${String(options.tcp)}`);
     }
+    if (options.listener !== undefined) {
+      for (const name of ["hostname", "port", "unix", "tls", "tcp"] as const) {
+        if (options[name] !== undefined) {
+          throw new TypeError(`serve(): option ${name} can't be given with listener`);
+        }
+      }
+    }
     this.#handler = handler;
+    this.#router = isRouter(handler) ? handler : undefined;
     this.#options = options;
     this.#logger = options.logger;
     this.#openTimeout = options.openTimeout ?? DEFAULTS.openTimeout;
     this.#closeTimeout = options.closeTimeout ?? DEFAULTS.closeTimeout;
     this.#sweepEvery = Math.max(this.#openTimeout / 4, 1);
-    this.#connectionOptions = {
-      ...options,
-      onHandshake: this.#onHandshake,
-      // A TLS connection closes with a close_notify that a half-close sends: keep that.
-      closeAtOnce: options.tls === undefined,
-    };
+    this.#connectionOptions = { ...options, onHandshake: this.#onHandshake, closeAtOnce: true };
+    // A TLS connection closes with a close_notify that a half-close sends: keep that.
+    this.#tlsConnectionOptions = { ...this.#connectionOptions, closeAtOnce: false };
     this.#protocolOptions = {
       origins: options.origins,
       extensions: options.extensions ??
@@ -393,6 +428,7 @@ export class Server implements AsyncDisposable {
   // Plain TCP on an IP address goes through node:net when asked for and the runtime
   // allows (see _node_net.ts); otherwise, and for TLS and Unix sockets, through Deno.listen.
   #listen(options: ServeOptions): [Deno.Listener | undefined, TcpListener | undefined] {
+    if (options.listener !== undefined) return [options.listener, undefined];
     if (options.unix !== undefined) {
       return [Deno.listen({ transport: "unix", path: options.unix }), undefined];
     }
@@ -465,7 +501,11 @@ export class Server implements AsyncDisposable {
       }
     }
     const protocol = new ServerProtocol(this.#protocolOptions);
-    const connection = new ServerConnection(protocol, transport, this.#connectionOptions);
+    const connection = new ServerConnection(
+      protocol,
+      transport,
+      isTls(transport) ? this.#tlsConnectionOptions : this.#connectionOptions,
+    );
     this.#inHandshake.set(connection, performance.now());
     if (this.#sweepTimer === undefined && !this.#closed) {
       this.#sweepTimer = setTimeout(this.#sweep, this.#sweepEvery);
@@ -553,8 +593,9 @@ export class Server implements AsyncDisposable {
   }
 
   // The response to a handshake request, before processResponse: processRequest's answer, if
-  // it gives one; else 503 over the connection limit or while shutting down; else the
-  // WebSocket upgrade (or the 400 / 403 / 426 the protocol's checks give).
+  // it gives one; else the router's (404, 400, a route's plain HTTP answer), if the handler is
+  // one; else 503 over the connection limit or while shutting down; else the WebSocket upgrade
+  // (or the 400 / 403 / 426 the protocol's checks give).
   async #respond(connection: ServerConnection, request: Request): Promise<Response> {
     const options = this.#options;
     const protocol = connection.protocol as ServerProtocol;
@@ -565,6 +606,10 @@ export class Server implements AsyncDisposable {
       } catch (error) {
         return this.#hookFailed(connection, "processRequest", error);
       }
+    }
+    if (this.#router !== undefined) {
+      const answer = await this.#route(this.#router, connection, request);
+      if (answer !== undefined) return answer;
     }
     const maxConnections = options.maxConnections;
     if (
@@ -580,6 +625,35 @@ export class Server implements AsyncDisposable {
     }
     if (this.#closing) return protocol.reject(503, "Server is shutting down.\n");
     return protocol.accept(request);
+  }
+
+  // Matches the request against the router's routes: the answer when the request doesn't go on
+  // to the handshake (no route, bad Host, a route's plain HTTP answer), otherwise `undefined`
+  // once the connection is attached to its route.
+  async #route(
+    router: Router<ServerConnection>,
+    connection: ServerConnection,
+    request: Request,
+  ): Promise<Response | undefined> {
+    let host: string | undefined;
+    try {
+      host = request.headers.get("Host");
+    } catch {
+      host = undefined; // several Host headers
+    }
+    const url = requestUrl(request.path, host, isTls(connection.transport));
+    if (url === undefined) {
+      const what = request.path.startsWith("/") ? "Host header" : "request target";
+      return connection.respond(400, `Failed to open a WebSocket connection: invalid ${what}.\n`);
+    }
+    try {
+      const decision = await routeRequest(router, url, () => toWebRequest(url, request));
+      if (decision.response !== undefined) return await toResponse(decision.response);
+      router.attach(connection, decision.match);
+      return undefined;
+    } catch (error) {
+      return this.#hookFailed(connection, "a route's respond()", error);
+    }
   }
 
   // A hook that throws is a bug in the application: answer 500, log it, go on serving.
@@ -642,6 +716,11 @@ export class Server implements AsyncDisposable {
  * connection's opening handshake is checked (origins, subprotocols,
  * extensions, limits; failures answered 400 / 403 / 426 / 503), then
  * `handler` runs. Nothing a peer does can stop the server serving others.
+ *
+ * `handler` may be a router made by `route()`: each request is then matched
+ * at the handshake, after `processRequest` (404 when no route matches, 400
+ * for a `Host` header or a group that can't be used, a route's plain HTTP
+ * answer), and the route's handler runs with `connection.params` set.
  *
  * @example
  * ```ts ignore

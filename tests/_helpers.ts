@@ -250,6 +250,17 @@ export class RawPeer {
   }
 }
 
+/** Sends `request` on a new raw connection to 127.0.0.1:`port` and reads the whole response. */
+export async function rawExchange(port: number, request: string): Promise<HttpHead> {
+  const peer = await RawPeer.connect(port);
+  try {
+    await peer.write(request);
+    return await within(peer.readResponse(), 5000, "HTTP response");
+  } finally {
+    peer.close();
+  }
+}
+
 function indexOfHeadEnd(bytes: Uint8Array): number {
   for (let i = 0; i + 3 < bytes.length; i++) {
     if (bytes[i] === 13 && bytes[i + 1] === 10 && bytes[i + 2] === 13 && bytes[i + 3] === 10) {

@@ -8,7 +8,7 @@ import { ConnectionClosedError, InvalidStatus } from "../errors.ts";
 import { Close } from "../frames.ts";
 import { Headers } from "../headers.ts";
 import { Response } from "../http11.ts";
-import { basicAuth, SERVER_HEADER } from "../server.ts";
+import { basicAuth, serve, SERVER_HEADER } from "../server.ts";
 import {
   deferred,
   delay,
@@ -18,22 +18,13 @@ import {
   type HttpHead,
   pendingAfter,
   randomBytes,
+  rawExchange,
   RawPeer,
   rejection,
+  selfSignedCert,
   serveLocal,
   within,
 } from "./_helpers.ts";
-
-/** Sends `request` on a new raw connection and reads the whole response. */
-async function rawExchange(port: number, request: string): Promise<HttpHead> {
-  const peer = await RawPeer.connect(port);
-  try {
-    await peer.write(request);
-    return await within(peer.readResponse(), 3000, "HTTP response");
-  } finally {
-    peer.close();
-  }
-}
 
 /** The status, selected headers and body of a response, for whole-value comparisons. */
 function summary(response: HttpHead, headers: string[] = []): Record<string, unknown> {
@@ -780,5 +771,49 @@ Deno.test("server: send() waits for a client that doesn't read, and close() stil
   } finally {
     peer.close();
     await server.close();
+  }
+});
+
+// ---- an existing listener
+
+Deno.test("server: serve({ listener }) serves on a listener the caller made, and closes it", async () => {
+  const listener = Deno.listen({ hostname: HOST, port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  const server = serve(echo, { listener });
+  const ws = await connect(`ws://${HOST}:${port}/`);
+  try {
+    await ws.send("on your listener");
+    assert.deepEqual([server.port, await ws.recv()], [port, "on your listener"]);
+  } finally {
+    await ws.close();
+    await server.close();
+  }
+  await assert.rejects(listener.accept(), Deno.errors.BadResource);
+});
+
+Deno.test("server: serve({ listener }) takes a TLS listener and serves wss:", async () => {
+  await using tls = await selfSignedCert();
+  const listener = Deno.listenTls({ hostname: HOST, port: 0, cert: tls.cert, key: tls.key });
+  const server = serve(echo, { listener });
+  try {
+    const ws = await connect(`wss://localhost:${server.port}/`, { caCerts: [tls.cert] });
+    await ws.send("secret");
+    assert.equal(await ws.recv(), "secret");
+    await ws.close();
+    assert.deepEqual([(await ws.closed).code, (await ws.closed).wasClean], [1000, true]);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("server: serve({ listener }) with a listening option is a TypeError", () => {
+  const listener = Deno.listen({ hostname: HOST, port: 0 });
+  try {
+    assert.throws(() => serve(echo, { listener, port: 8080 }), {
+      name: "TypeError",
+      message: "serve(): option port can't be given with listener",
+    });
+  } finally {
+    listener.close();
   }
 });
