@@ -89,46 +89,78 @@ import {
  * ```
  */
 export interface AcceptOptions {
-  /** Accepted `Origin` values; default: any. `undefined` in the list accepts requests without `Origin`. Rejections get 403. */
+  /**
+   * Accepted `Origin` values: strings match exactly, `RegExp`s match the whole
+   * origin, `undefined` in the list accepts requests without `Origin`.
+   * Rejections get 403.
+   *
+   * @default {undefined} (any origin)
+   */
   origins?: OriginPattern[];
-  /** Subprotocols supported; the first one the client offered is chosen. */
+  /**
+   * Subprotocols supported; the first one the client offered that is in this
+   * list is chosen.
+   *
+   * @default {undefined} (none)
+   */
   subprotocols?: string[];
-  /** Custom subprotocol selection. */
+  /**
+   * Custom subprotocol selection.
+   *
+   * @default {undefined} (the first offered that `subprotocols` lists)
+   */
   selectSubprotocol?: SelectSubprotocol;
   /**
    * Largest incoming message in bytes (UTF-8 bytes for Text); `Infinity`
-   * disables it. Default 1 MiB. Checked once the runtime assembled the
-   * message: a bigger one is dropped and the connection closed with 1009.
+   * disables it. Checked once the runtime assembled the message: a bigger one is
+   * dropped and the connection closed with 1009.
+   *
+   * @default {1_048_576} (1 MiB)
    */
   maxSize?: number;
   /**
-   * Received messages buffered unread at most; `Infinity` disables it.
-   * Default 16. The runtime can't pause reading, so a message arriving while
-   * `maxQueue` messages wait is dropped and the connection closed with 1013
-   * (try again later).
+   * Received messages buffered unread at most; `Infinity` disables it. The
+   * runtime can't pause reading, so a message arriving while `maxQueue` messages
+   * wait is dropped and the connection closed with 1013 (try again later).
+   *
+   * @default {16}
    */
   maxQueue?: number;
   /**
-   * `send()` resolves once the socket's `bufferedAmount` is at most this
-   * many bytes, polled every 1 to 16 ms. Default 32 KiB.
+   * `send()` resolves once the socket's `bufferedAmount` is at most this many
+   * bytes, polled every 1 to 16 ms (the runtime has no event for it).
+   *
+   * @default {32_768} (32 KiB)
    */
   writeLimit?: number;
   /**
-   * Keepalive, in ms, run by the runtime: after `pingInterval` without
-   * receiving anything it sends a ping, and it closes the connection (1001)
-   * if nothing arrives in the next `pingInterval`. Passed to
-   * `Deno.upgradeWebSocket` as `idleTimeout: 2 × pingInterval / 1000`
-   * seconds. `null` or `0` disables it. Default 20 000.
+   * Keepalive, in ms, run by the runtime: after `pingInterval` without receiving
+   * anything it sends a ping, and it closes the connection (1001) if nothing
+   * arrives in the next `pingInterval`. Passed to `Deno.upgradeWebSocket` as
+   * `idleTimeout: 2 × pingInterval / 1000` seconds. `null` or `0` disables it.
+   *
+   * @default {20_000}
    */
   pingInterval?: number | null;
   /**
-   * Time `close()` waits for the peer's close frame, in ms; then the
-   * connection is reported closed (1006). Default 10 000.
+   * Time `close()` waits for the peer's close frame, in ms; then the connection
+   * is reported closed (1006).
+   *
+   * @default {10_000}
    */
   closeTimeout?: number;
-  /** Where logs go; default: nowhere. */
+  /**
+   * Where logs go.
+   *
+   * @default {undefined} (no logging; `handler()` still logs handler errors to `console`)
+   */
   logger?: Logger;
-  /** The peer's address, e.g. `info.remoteAddr` of the `Deno.serve` handler; becomes `remoteAddr`. */
+  /**
+   * The peer's address, e.g. `info.remoteAddr` of the `Deno.serve` handler;
+   * becomes the connection's `remoteAddr`. `handler()` passes it on for you.
+   *
+   * @default {undefined}
+   */
   remoteAddr?: Deno.Addr;
 }
 
@@ -166,9 +198,11 @@ export type PlatformProcessRequest = (
  */
 export interface HandlerOptions extends Omit<AcceptOptions, "remoteAddr"> {
   /**
-   * Called for every request before the WebSocket handshake; its response,
-   * if any, is sent instead. Without it (or when it returns `undefined`), a
-   * request that isn't a WebSocket upgrade is answered 426, like `serve()`.
+   * Called for every request before the WebSocket handshake; its response, if
+   * any, is sent instead. Without it (or when it returns `undefined`), a request
+   * that isn't a WebSocket upgrade is answered 426, like `serve()`.
+   *
+   * @default {undefined}
    */
   processRequest?: PlatformProcessRequest;
 }
@@ -212,25 +246,66 @@ export type AcceptResult =
  * what the handshake decided. Built by {@linkcode accept}.
  */
 export interface PlatformConnectionOptions {
-  /** The handshake request, in this library's form. */
+  /**
+   * The handshake request, in this library's form.
+   *
+   * @default {undefined}
+   */
   request?: Request;
-  /** The handshake response, in this library's form. */
+  /**
+   * The handshake response, in this library's form.
+   *
+   * @default {undefined}
+   */
   response?: Response;
-  /** The subprotocol chosen during the handshake, if any. */
+  /**
+   * The subprotocol chosen during the handshake, if any.
+   *
+   * @default {undefined}
+   */
   subprotocol?: string;
-  /** The peer's address. */
+  /**
+   * The peer's address.
+   *
+   * @default {undefined}
+   */
   remoteAddr?: Deno.Addr;
-  /** Largest incoming message in bytes. Default 1 MiB. */
+  /**
+   * Largest incoming message in bytes.
+   *
+   * @default {1_048_576} (1 MiB)
+   */
   maxSize?: number;
-  /** Unread messages buffered at most before the connection is closed with 1013. Default 16. */
+  /**
+   * Unread messages buffered at most before the connection is closed with 1013.
+   *
+   * @default {16}
+   */
   maxQueue?: number;
-  /** High-water mark of `bufferedAmount` that `send()` waits under. Default 32 KiB. */
+  /**
+   * High-water mark of `bufferedAmount` that `send()` waits under.
+   *
+   * @default {32_768} (32 KiB)
+   */
   writeLimit?: number;
-  /** The keepalive interval given to the runtime, in ms, or `null` (for the record). */
+  /**
+   * The keepalive interval given to the runtime, in ms, or `null` (for the
+   * record).
+   *
+   * @default {20_000}
+   */
   pingInterval?: number | null;
-  /** Time `close()` waits for the peer's close frame, in ms. Default 10 000. */
+  /**
+   * Time `close()` waits for the peer's close frame, in ms.
+   *
+   * @default {10_000}
+   */
   closeTimeout?: number;
-  /** Where logs go; default: nowhere. */
+  /**
+   * Where logs go.
+   *
+   * @default {undefined} (no logging)
+   */
   logger?: Logger;
 }
 

@@ -750,7 +750,13 @@ export function serve(handler: Handler, options: ServeOptions = {}): Server {
  * ```
  */
 export function basicAuth(options: {
+  /**
+   * The realm named in the `WWW-Authenticate` challenge.
+   *
+   * @default {"websocket"}
+   */
   realm?: string;
+  /** Whether the user name and password are valid. */
   check: (username: string, password: string) => boolean | Promise<boolean>;
 }): ProcessRequest {
   const realm = options.realm ?? "websocket";

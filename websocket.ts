@@ -44,14 +44,23 @@ import type { StreamConnection } from "./stream_connection.ts";
  * ```
  */
 export interface WebSocketInit {
-  /** Subprotocols to offer, in order of preference. @default {[]} */
+  /**
+   * Subprotocols to offer, in order of preference.
+   *
+   * @default {[]}
+   */
   protocols?: string | string[];
-  /** Extra request headers, added to `additionalHeaders`. @default {undefined} */
+  /**
+   * Extra request headers, added to `additionalHeaders`.
+   *
+   * @default {undefined}
+   */
   headers?: HeadersInit;
   /**
    * Not supported: a `Deno.HttpClient` configures Deno's built-in only. Any
    * value other than `undefined` or `null` throws `TypeError`; use the
    * third argument's options (`caCerts`, `proxy`, …) instead.
+   *
    * @default {undefined}
    */
   client?: unknown;
