@@ -12,7 +12,10 @@
  * `/ping` measures the round-trip time; `/close [code] [reason]` closes.
  *
  * Options: `--header "Name: value"` (repeatable), `--subprotocol NAME`
- * (repeatable), `--origin URL`, `--no-compression`, `--max-size BYTES`.
+ * (repeatable), `--origin URL`, `--no-compression`, `--max-size BYTES`,
+ * `--proxy URL` (`http://`, `https://`, `socks5://`, `socks5h://`; by
+ * default the proxy comes from `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY`
+ * and `NO_PROXY`, as for `connect()`).
  *
  * Exit status: 0 after a normal close, 1 when the connection fails or is
  * closed abnormally, 2 for bad usage or a bad URI.
@@ -33,6 +36,7 @@ import {
   ConnectionClosed,
   ConnectionClosedOK,
   InvalidHandshake,
+  InvalidProxy,
   InvalidStatus,
   InvalidURI,
 } from "./errors.ts";
@@ -46,6 +50,10 @@ options:
   --origin URL             send an Origin header
   --no-compression         don't offer permessage-deflate
   --max-size BYTES         largest incoming message (default 1048576)
+  --proxy URL              connect through this proxy: http://, https://,
+                           socks5:// or socks5h://[user:pass@]host:port
+                           (default: from HTTPS_PROXY / HTTP_PROXY /
+                           ALL_PROXY, except hosts in NO_PROXY)
   -h, --help               show this help
 
 commands while connected:
@@ -118,6 +126,7 @@ export async function main(
         origin: { type: "string" },
         "no-compression": { type: "boolean" },
         "max-size": { type: "string" },
+        proxy: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -139,6 +148,7 @@ export async function main(
   const options: ConnectOptions = { pingInterval: null };
   if (values["no-compression"]) options.compression = null;
   if (values.origin !== undefined) options.origin = values.origin;
+  if (values.proxy !== undefined) options.proxy = values.proxy;
   if (values.subprotocol !== undefined) options.subprotocols = values.subprotocol;
   if (values["max-size"] !== undefined) {
     const maxSize = Number(values["max-size"]);
@@ -165,7 +175,7 @@ export async function main(
   try {
     ws = await connect(uri, options);
   } catch (error) {
-    if (error instanceof InvalidURI) {
+    if (error instanceof InvalidURI || error instanceof InvalidProxy) {
       output.err(`error: ${error.message}`);
       return 2;
     }

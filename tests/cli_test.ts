@@ -1,14 +1,17 @@
 import assert from "node:assert/strict";
 import { serve } from "../server.ts";
+import { RawServer } from "./_helpers.ts";
 
 const cli = new URL("../cli.ts", import.meta.url).pathname;
 
 async function runCli(
   args: string[],
   stdin: string,
+  env: Record<string, string> = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", cli, ...args],
+    env,
     stdin: "piped",
     stdout: "piped",
     stderr: "piped",
@@ -142,4 +145,47 @@ Deno.test("cli: --header, --subprotocol and --origin reach the server", async ()
   } finally {
     await server.close();
   }
+});
+
+/** A proxy that answers every CONNECT with 407; its URL. */
+function refusingProxy(): RawServer {
+  return new RawServer(async (peer) => {
+    await peer.readHead();
+    await peer.write("HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n");
+  });
+}
+
+Deno.test("cli: --proxy connects through the proxy, whose refusal is one line", async () => {
+  await using proxy = refusingProxy();
+  const { code, stdout, stderr } = await runCli(
+    ["--proxy", `http://user:secret@127.0.0.1:${proxy.port}`, "ws://127.0.0.1:9/"],
+    "",
+  );
+  assert.deepEqual([code, stdout, stderr], [
+    1,
+    "",
+    `Failed to connect to ws://127.0.0.1:9/: proxy http://127.0.0.1:${proxy.port} failed: ` +
+    "HTTP 407 Proxy Authentication Required\n",
+  ]);
+});
+
+Deno.test("cli: without --proxy the proxy comes from the environment", async () => {
+  await using proxy = refusingProxy();
+  const { code, stderr } = await runCli(["ws://127.0.0.1:9/"], "", {
+    HTTP_PROXY: `http://127.0.0.1:${proxy.port}`,
+    NO_PROXY: "",
+  });
+  assert.deepEqual([code, stderr], [
+    1,
+    `Failed to connect to ws://127.0.0.1:9/: proxy http://127.0.0.1:${proxy.port} failed: ` +
+    "HTTP 407 Proxy Authentication Required\n",
+  ]);
+});
+
+Deno.test("cli: a bad --proxy is exit status 2 without a stack trace", async () => {
+  const { code, stderr } = await runCli(["--proxy", "ftp://proxy:21", "ws://127.0.0.1:9/"], "");
+  assert.deepEqual([code, stderr], [
+    2,
+    "error: ftp://proxy:21 isn't a valid proxy: scheme isn't http, https, socks5 or socks5h\n",
+  ]);
 });
