@@ -605,7 +605,7 @@ export class InvalidState extends WebSocketError {}
 /**
  * Raised when receiving or sending messages concurrently in a way that would
  * interleave them, e.g. `broadcast()` while a connection is in the middle of
- * sending a fragmented message (the seed's `RuntimeError`).
+ * sending a fragmented message (Python `websockets` raises `RuntimeError` there).
  *
  * @example
  * ```ts
