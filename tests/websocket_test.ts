@@ -9,7 +9,8 @@ import assert from "node:assert/strict";
 import { serve, type ServerConnection } from "../server.ts";
 import { WebSocket } from "../websocket.ts";
 import { WebSocket as WebSocketFromMod } from "../mod.ts";
-import { deferred, freePort, HOST, RawServer, within } from "./_helpers.ts";
+import { Frame, Opcode } from "../frames.ts";
+import { acceptRaw, deferred, freePort, HOST, RawServer, within } from "./_helpers.ts";
 
 type Impl = typeof globalThis.WebSocket;
 type Entry = Record<string, unknown>;
@@ -436,6 +437,64 @@ Deno.test("websocket: a refused connection traces the same as the built-in (erro
   ]);
 });
 
+Deno.test("websocket: a server that drops the TCP connection traces the same as the built-in (messages first)", async () => {
+  // Two messages, then the socket closes without a close frame.
+  const raw = new RawServer(async (peer) => {
+    await acceptRaw(peer);
+    await peer.write(
+      new Frame(Opcode.TEXT, new TextEncoder().encode("one")).serialize({ mask: false }),
+    );
+    await peer.write(new Frame(Opcode.BINARY, new Uint8Array([2])).serialize({ mask: false }));
+    peer.close();
+  });
+  try {
+    const run = (impl: Impl) => {
+      const ws = new impl(raw.uri("/"));
+      ws.binaryType = "arraybuffer";
+      return new Recorder(ws).done();
+    };
+    const builtIn = await run(BUILT_IN);
+    const ours = await run(OURS);
+    assert.deepStrictEqual(ours.trace, builtIn.trace);
+    assert.deepStrictEqual(ours.trace.map((entry) => [entry.event, entry.data, entry.wasClean]), [
+      ["open", undefined, undefined],
+      ["message", "one", undefined],
+      ["message", [2], undefined],
+      ["error", undefined, undefined],
+      ["close", undefined, false],
+    ]);
+    assert.deepStrictEqual(ours.apart.uncleanCode, [1006]);
+  } finally {
+    await raw.close();
+  }
+});
+
+Deno.test("websocket: invalid UTF-8 from the server traces the same as the built-in (error, then close)", async () => {
+  const closeFrames: (number | undefined)[] = [];
+  const raw = new RawServer(async (peer) => {
+    await acceptRaw(peer);
+    await peer.write(
+      new Frame(Opcode.TEXT, new Uint8Array([0x61, 0xff])).serialize({ mask: false }),
+    );
+    const frame = await peer.readFrame(true);
+    closeFrames.push(
+      frame?.opcode === Opcode.CLOSE ? (frame.data[0] << 8) | frame.data[1] : undefined,
+    );
+    peer.close();
+  });
+  try {
+    const run = (impl: Impl) => new Recorder(new impl(raw.uri("/"))).done();
+    const builtIn = await run(BUILT_IN);
+    const ours = await run(OURS);
+    assert.deepStrictEqual(ours.trace, builtIn.trace);
+    assert.deepStrictEqual(ours.trace.map((entry) => entry.event), ["open", "error", "close"]);
+    // Ours says why in its close frame: 1007 (invalid data).
+    assert.equal(closeFrames[1], 1007);
+  } finally {
+    await raw.close();
+  }
+});
+
 Deno.test("websocket: a handshake rejected with 403 traces the same as the built-in", async () => {
   const { ours } = await differential((impl, base) => {
     const ws = new impl(`${base}/forbidden`);
@@ -525,7 +584,7 @@ function constructorScript(port: number): Script {
       ["fragment", `ws://${HOST}:${port}/#frag`],
       ["empty fragment", `ws://${HOST}:${port}/#`],
       ["http becomes ws", `http://${HOST}:${port}/a/../b?q=1`],
-      ["https becomes wss", `HTTPS://Example.COM:443/x`],
+      ["https becomes wss", `HTTPS://LocalHost:${port}/x`],
       ["URL object", new URL(`ws://${HOST}:${port}/path`)],
       ["IPv6", `ws://[::1]:${port}`],
       ["no path", `ws://${HOST}:${port}`],
@@ -588,7 +647,7 @@ Deno.test("websocket: the constructor throws the built-in's exceptions for bad U
     { case: "fragment", threw: "DOMException/SyntaxError" },
     { case: "empty fragment", threw: "DOMException/SyntaxError" },
     { case: "http becomes ws", url: `ws://${HOST}:${port}/b?q=1`, readyState: 0 },
-    { case: "https becomes wss", url: "wss://example.com/x", readyState: 0 },
+    { case: "https becomes wss", url: `wss://localhost:${port}/x`, readyState: 0 },
   ]);
 });
 
@@ -702,7 +761,9 @@ Deno.test("websocket: bufferedAmount goes back to 0 once the messages are writte
     ws.send("x".repeat(100_000));
     ws.send(new Uint8Array(50_000));
     assert.equal(ws.bufferedAmount, 150_000);
-    await new Promise((resolve) => (ws.onmessage = resolve));
+    // Both echoed: the server has read every byte, so every byte was written.
+    let echoed = 0;
+    await new Promise<void>((resolve) => (ws.onmessage = () => ++echoed === 2 && resolve()));
     assert.equal(ws.bufferedAmount, 0);
     ws.close();
     await new Promise((resolve) => (ws.onclose = resolve));
@@ -928,4 +989,25 @@ Deno.test("websocket: examples/websocket_class.ts hands the class to browser-API
       ],
     },
   );
+});
+
+Deno.test("websocket: aborting the signal option while connecting fails the connection like close()", async () => {
+  // A server that never answers the handshake: only the abort ends the wait.
+  const raw = new RawServer(async (peer) => {
+    await peer.readToEnd();
+  });
+  try {
+    const controller = new AbortController();
+    const ws = new WebSocket(raw.uri("/"), [], { signal: controller.signal });
+    const recorder = new Recorder(ws);
+    setTimeout(() => controller.abort(), 50);
+    const run = await recorder.done();
+    assert.deepStrictEqual(run.trace.map((entry) => [entry.event, entry.readyState]), [
+      ["error", 3],
+      ["close", 3],
+    ]);
+    assert.deepStrictEqual(run.apart.uncleanCode, [1006]);
+  } finally {
+    await raw.close();
+  }
 });
