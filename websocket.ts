@@ -69,9 +69,10 @@ export interface WebSocketInit {
 /**
  * The options of the {@linkcode WebSocket} constructor (its third argument,
  * our extension to the browser API): every option of {@linkcode connect}
- * (`additionalHeaders`, `compression`, `maxSize`, `openTimeout`,
+ * (`additionalHeaders`, `compression`, `proxy`, `maxSize`, `openTimeout`,
  * `pingInterval`, `pingTimeout`, `closeTimeout`, `origin`, `caCerts`,
- * `logger`, `signal`, …), with the same defaults, except:
+ * `logger`, `signal`, …), with the same defaults (the proxy, too, comes from
+ * the environment unless `proxy` says otherwise), except:
  *
  * - `subprotocols` comes from the constructor's `protocols` argument;
  * - `maxRedirects` defaults to 0, as a browser's `WebSocket` doesn't follow

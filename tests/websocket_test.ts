@@ -1011,3 +1011,38 @@ Deno.test("websocket: aborting the signal option while connecting fails the conn
     await raw.close();
   }
 });
+
+Deno.test("websocket: the proxy option reaches connect(): the connection goes through an HTTP CONNECT proxy", async () => {
+  const { server, base } = startServer();
+  const requests: string[] = [];
+  // A minimal CONNECT proxy: records the request line, then relays bytes both ways.
+  const proxy = new RawServer(async (peer) => {
+    const head = await peer.readHead();
+    const requestLine = head?.split("\r\n")[0] ?? "";
+    requests.push(requestLine);
+    const upstream = await Deno.connect({ hostname: HOST, port: server.port });
+    await peer.write("HTTP/1.1 200 Connection established\r\n\r\n");
+    await Promise.all([
+      peer.conn.readable.pipeTo(upstream.writable).catch(() => {}),
+      upstream.readable.pipeTo(peer.conn.writable).catch(() => {}),
+    ]);
+  });
+  try {
+    const ws = new WebSocket(`${base}/echo`, [], { proxy: `http://${HOST}:${proxy.port}` });
+    const recorder = new Recorder(ws, {
+      open: () => ws.send("through the proxy"),
+      message: () => ws.close(),
+    });
+    const run = await recorder.done();
+    assert.deepStrictEqual(
+      [run.trace.map((entry) => [entry.event, entry.data]), requests],
+      [
+        [["open", undefined], ["message", "through the proxy"], ["close", undefined]],
+        [`CONNECT ${HOST}:${server.port} HTTP/1.1`],
+      ],
+    );
+  } finally {
+    await proxy.close();
+    await server.close();
+  }
+});
