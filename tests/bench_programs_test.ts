@@ -1,6 +1,7 @@
 // The benchmark's own programs work: the client driver runs its closed loop against a real
 // server and reports what it counted, the Deno.listen floor server answers a real client, the
-// load generator's crowd scenario holds its clients and times broadcasts, and heap.ts counts.
+// load generator's crowd scenario holds its clients and times broadcasts, heap.ts counts, and
+// deflate_memory.ts negotiates the setups it names.
 // (Speed is never asserted: `deno task bench` measures it.)
 
 import assert from "node:assert/strict";
@@ -146,4 +147,37 @@ Deno.test({
     );
     assert.ok(result.handshakes_per_s > 0 && result.fanout_median_ms > 0, JSON.stringify(result));
   },
+});
+
+Deno.test("bench: deflate_memory.ts negotiates each permessage-deflate setup it names", async () => {
+  const { success, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${BENCH}deflate_memory.ts`, "--conns", "5", "--repeat", "1"],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.ok(success, new TextDecoder().decode(stderr));
+  const last = new TextDecoder().decode(stdout).trim().split("\n").at(-1) ?? "";
+  const { rows } = JSON.parse(last) as {
+    rows: { negotiated: string; extensions: string; server: number; client: number }[];
+  };
+  assert.deepEqual(rows.map(({ negotiated, extensions }) => [negotiated, extensions]), [
+    ["no compression", "none"],
+    ["context takeover, windows 15", "permessage-deflate"],
+    [
+      "context takeover, windows 12",
+      "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12",
+    ],
+    [
+      "the defaults (server_no_context_takeover; client_max_window_bits=12)",
+      "permessage-deflate; server_no_context_takeover; client_max_window_bits=12",
+    ],
+    [
+      "no context takeover both ways",
+      "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+    ],
+  ]);
+  assert.deepEqual(
+    rows.map(({ server, client }) => [Number.isFinite(server), Number.isFinite(client)]),
+    rows.map(() => [true, true]),
+  );
 });
