@@ -17,6 +17,7 @@ import {
 } from "../errors.ts";
 import { serve, type Server } from "../server.ts";
 import {
+  acceptRaw,
   deferred,
   delay,
   freePort,
@@ -1028,3 +1029,153 @@ proxyTest("tinyproxy", "the CLI talks through --proxy", async () => {
   assert.equal(server.remotePorts.length, 1);
   await proxy.logMatching(new RegExp(`CONNECT ${HOST}:${server.port} HTTP/1.1`));
 });
+
+/** A raw SOCKS5 proxy that answers with `answers`, one write after each message of the client. */
+function scriptedSocks(answers: number[][]): RawServer & { closed: Promise<void> } {
+  return rawProxy(async (peer) => {
+    for (const answer of answers) {
+      const chunk = new Uint8Array(1024);
+      if (await peer.conn.read(chunk) === null) return;
+      await peer.write(new Uint8Array(answer));
+    }
+  });
+}
+
+/** Connects to `uri` through a scripted SOCKS5 proxy; the error and the proxy's URL. */
+async function socksFailure(
+  answers: number[][],
+  options: { credentials?: string; uri?: string } = {},
+): Promise<[unknown, string]> {
+  await using proxy = scriptedSocks(answers);
+  const credentials = options.credentials === undefined ? "" : `${options.credentials}@`;
+  const error = await rejection(
+    connect(options.uri ?? `ws://${HOST}:9/`, {
+      proxy: `socks5://${credentials}${HOST}:${proxy.port}`,
+    }),
+  );
+  await within(proxy.closed, 10_000, "the client closing");
+  return [error, `socks5://${HOST}:${proxy.port}`];
+}
+
+proxyTest(
+  undefined,
+  "raw: a SOCKS5 method that wasn't offered is InvalidProxyMessage",
+  async () => {
+    const [error, proxy] = await socksFailure([[5, 2]]);
+    assert.ok(error instanceof InvalidProxyMessage);
+    assert.equal(
+      error.message,
+      `proxy ${proxy} failed: proxy chose authentication method 2, not offered`,
+    );
+  },
+);
+
+proxyTest(undefined, "raw: a bad SOCKS5 authentication reply is InvalidProxyMessage", async () => {
+  const [error, proxy] = await socksFailure([[5, 2], [5, 0]], { credentials: "u:p" });
+  assert.ok(error instanceof InvalidProxyMessage);
+  assert.equal(
+    error.message,
+    `proxy ${proxy} failed: invalid SOCKS5 authentication reply: version 5`,
+  );
+});
+
+proxyTest(undefined, "raw: a SOCKS5 reply of another version is InvalidProxyMessage", async () => {
+  const [error, proxy] = await socksFailure([[5, 0], [4, 90, 0, 0, 0, 0, 0, 0]]);
+  assert.ok(error instanceof InvalidProxyMessage);
+  assert.equal(error.message, `proxy ${proxy} failed: not a SOCKS5 reply: version 4`);
+});
+
+proxyTest(
+  undefined,
+  "raw: a SOCKS5 reply with an unknown address type is InvalidProxyMessage",
+  async () => {
+    const [error, proxy] = await socksFailure([[5, 0], [5, 0, 0, 9, 0, 0]]);
+    assert.ok(error instanceof InvalidProxyMessage);
+    assert.equal(error.message, `proxy ${proxy} failed: invalid address type in SOCKS5 reply: 9`);
+  },
+);
+
+proxyTest(
+  undefined,
+  "raw: SOCKS5 credentials over 255 bytes fail before they are sent",
+  async () => {
+    const [error, proxy] = await socksFailure([[5, 2]], { credentials: `${"u".repeat(256)}:p` });
+    assert.ok(error instanceof SocksProxyError);
+    assert.equal(
+      error.message,
+      `proxy ${proxy} failed: user name or password longer than 255 bytes`,
+    );
+  },
+);
+
+proxyTest(
+  undefined,
+  "raw: a socks5h host name over 255 bytes fails before it is sent",
+  async () => {
+    const host = `${"a".repeat(60)}.`.repeat(5) + "example";
+    await using proxy = scriptedSocks([[5, 0]]);
+    const error = await rejection(
+      connect(`ws://${host}/`, { proxy: `socks5h://${HOST}:${proxy.port}` }),
+    );
+    assert.ok(error instanceof SocksProxyError);
+    assert.equal(
+      error.message,
+      `proxy socks5h://${HOST}:${proxy.port} failed: host name longer than 255 bytes: ${host}`,
+    );
+  },
+);
+
+proxyTest(undefined, "raw: socks5 with a name that doesn't resolve is ProxyError", async () => {
+  const [error, proxy] = await socksFailure([[5, 0]], { uri: "ws://nonexistent.invalid/" });
+  assert.ok(error instanceof ProxyError);
+  assert.match(
+    error.message,
+    new RegExp(`^proxy ${proxy} failed: cannot resolve nonexistent.invalid: `),
+  );
+  assert.equal(isTransientError(error), false);
+});
+
+proxyTest(
+  undefined,
+  "raw: SOCKS5 replies binding a name or an IPv6 address open the tunnel",
+  async () => {
+    const bound = [
+      [5, 0, 0, 3, 9, ..."localhost"].map((x) => typeof x === "string" ? x.charCodeAt(0) : x),
+      [5, 0, 0, 4, ...new Array(16).fill(0)],
+    ];
+    for (const reply of bound) {
+      // The proxy is also the server: after its reply, it answers the WebSocket handshake itself.
+      await using proxy = rawProxy(async (peer) => {
+        const chunk = new Uint8Array(1024);
+        await peer.conn.read(chunk);
+        await peer.write(new Uint8Array([5, 0]));
+        await peer.conn.read(chunk);
+        await peer.write(new Uint8Array([...reply, 0x1f, 0x90]));
+        await acceptRaw(peer);
+      });
+      const ws = await connect(`ws://${HOST}:8080/`, { proxy: `socks5://${HOST}:${proxy.port}` });
+      assert.equal((ws.remoteAddr as Deno.NetAddr).port, proxy.port);
+      ws.abort();
+      await within(proxy.closed, 10_000, "the client closing");
+    }
+  },
+);
+
+proxyTest(
+  "tinyproxy",
+  "wss: through a proxy checks the server's certificate, not the proxy's",
+  async () => {
+    await using proxyTls = await selfSignedCert();
+    await using serverTls = await selfSignedCert();
+    await using server = new EchoServer({ tls: serverTls, uriHost: "localhost" });
+    await using proxy = await Tinyproxy.start({ connectPorts: [server.port] });
+    await using front = new TlsFront(proxyTls, proxy.port);
+    // Trusting the proxy's certificate only: both the plain and the TLS proxy lead to a server
+    // whose certificate isn't trusted.
+    for (const url of [proxy.url(), `https://localhost:${front.port}`]) {
+      const error = await rejection(connect(server.uri, { proxy: url, caCerts: [proxyTls.cert] }));
+      assert.ok(error instanceof Error && /certificate/i.test(error.message), String(error));
+    }
+    await proxy.logMatching(new RegExp(`CONNECT localhost:${server.port}[^]*CONNECT localhost`));
+  },
+);
