@@ -15,10 +15,11 @@
  * @module
  */
 
-import { type BinaryData, isBytes, toBytes } from "./_bytes.ts";
+import { type BinaryData, describeType, isBytes, toBytes } from "./_bytes.ts";
 import type { SharedFrames } from "./_shared_frames.ts";
 import type { Connection } from "./abstract_connection.ts";
 import { ConcurrencyError } from "./errors.ts";
+import { CloseCode } from "./frames.ts";
 import { State } from "./protocol.ts";
 
 /** What a slow connection gets when it is over `maxBufferedAmount`. */
@@ -54,16 +55,7 @@ export interface BroadcastOptions {
   onSlow?: SlowConnectionPolicy;
 }
 
-/** Close code sent to a slow connection: 1013, try again later. */
-const TRY_AGAIN_LATER = 1013;
-
 const textEncoder = new TextEncoder();
-
-function describeType(value: unknown): string {
-  if (value === null) return "null";
-  if (typeof value === "object") return (value as object).constructor?.name ?? "object";
-  return typeof value;
-}
 
 function ignore(): void {}
 
@@ -190,7 +182,7 @@ export function broadcast(
     if (connection.bufferedAmount > maxBufferedAmount) {
       if (closeSlow) {
         connection.close(
-          TRY_AGAIN_LATER,
+          CloseCode.TRY_AGAIN_LATER,
           `too slow: more than ${maxBufferedAmount} bytes buffered (maxBufferedAmount)`,
         ).catch(ignore);
       }

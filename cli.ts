@@ -40,7 +40,7 @@ import {
   InvalidStatus,
   InvalidURI,
 } from "./errors.ts";
-import type { Close } from "./frames.ts";
+import { type Close, CloseCode } from "./frames.ts";
 
 const USAGE = `usage: websockets [options] ws[s]://host[:port][/path]
 
@@ -210,7 +210,7 @@ export async function main(
           output.out(`= pong in ${(await ws.ping()).toFixed(2)} ms`);
         } else if (line.startsWith("/close")) {
           const [, code, ...reason] = line.split(" ");
-          await ws.close(code ? Number(code) : 1000, reason.join(" "));
+          await ws.close(code ? Number(code) : CloseCode.NORMAL_CLOSURE, reason.join(" "));
           break;
         } else {
           await ws.send(line);

@@ -30,9 +30,12 @@
  * @module
  */
 
+import { concat } from "./_bytes.ts";
+import { closeError, truncateReason } from "./_close.ts";
 import type { SharedFrames } from "./_shared_frames.ts";
 import {
   Connection,
+  type ConnectionOptions,
   DEFAULTS,
   runHandler,
   type Sendable,
@@ -40,8 +43,6 @@ import {
 } from "./abstract_connection.ts";
 import {
   ConnectionClosed,
-  ConnectionClosedError,
-  ConnectionClosedOK,
   InvalidHandshake,
   InvalidMessage,
   InvalidState,
@@ -53,17 +54,31 @@ import { Close, CloseCode } from "./frames.ts";
 import { Headers } from "./headers.ts";
 import { Request, Response } from "./http11.ts";
 import { isRouter, type RouteMatch, routeRequest } from "./router.ts";
-import {
-  type Logger,
-  type OriginPattern,
-  type SelectSubprotocol,
-  ServerProtocol,
-  State,
-} from "./protocol.ts";
+import { type Logger, ServerProtocol, type ServerProtocolOptions, State } from "./protocol.ts";
 
 /**
  * Options of {@linkcode accept}: the handshake rules and the limits that
- * apply over the runtime's `WebSocket`.
+ * apply over the runtime's `WebSocket`. They are the options of `serve()`
+ * and `connect()` of the same names, with the same defaults; over the
+ * runtime's `WebSocket` some act differently:
+ *
+ * - `maxSize` is checked once the runtime assembled the message (UTF-8
+ *   bytes for Text): a bigger one is dropped and the connection closed with
+ *   1009.
+ * - `maxQueue`: the runtime can't pause reading, so a message arriving
+ *   while `maxQueue` messages wait is dropped and the connection closed
+ *   with 1013 (try again later).
+ * - `writeLimit`: `send()` polls the socket's `bufferedAmount` every 1 to
+ *   16 ms until it is at most `writeLimit`.
+ * - `pingInterval`: keepalive is run by the runtime: after `pingInterval`
+ *   without receiving anything it sends a ping, and it closes the
+ *   connection (1001) if nothing arrives in the next `pingInterval`
+ *   (`Deno.upgradeWebSocket`'s `idleTimeout` is `2 × pingInterval / 1000`
+ *   seconds). `null` or `0` disables it.
+ * - `closeTimeout`: after it, `close()` reports the connection closed
+ *   (1006) without the peer's close frame.
+ * - `logger`: without one, `handler()` still logs handler errors to
+ *   `console`.
  *
  * Options of `serve()` that can't apply here are left out of this type and
  * rejected with `TypeError` at run time if they are passed anyway:
@@ -88,73 +103,12 @@ import {
  * console.log(options.maxSize); // 65536
  * ```
  */
-export interface AcceptOptions {
-  /**
-   * Accepted `Origin` values: strings match exactly, `RegExp`s match the whole
-   * origin, `undefined` in the list accepts requests without `Origin`.
-   * Rejections get 403.
-   *
-   * @default {undefined} (any origin)
-   */
-  origins?: OriginPattern[];
-  /**
-   * Subprotocols supported; the first one the client offered that is in this
-   * list is chosen.
-   *
-   * @default {undefined} (none)
-   */
-  subprotocols?: string[];
-  /**
-   * Custom subprotocol selection.
-   *
-   * @default {undefined} (the first offered that `subprotocols` lists)
-   */
-  selectSubprotocol?: SelectSubprotocol;
-  /**
-   * Largest incoming message in bytes (UTF-8 bytes for Text); `Infinity`
-   * disables it. Checked once the runtime assembled the message: a bigger one is
-   * dropped and the connection closed with 1009.
-   *
-   * @default {1_048_576} (1 MiB)
-   */
-  maxSize?: number;
-  /**
-   * Received messages buffered unread at most; `Infinity` disables it. The
-   * runtime can't pause reading, so a message arriving while `maxQueue` messages
-   * wait is dropped and the connection closed with 1013 (try again later).
-   *
-   * @default {16}
-   */
-  maxQueue?: number;
-  /**
-   * `send()` resolves once the socket's `bufferedAmount` is at most this many
-   * bytes, polled every 1 to 16 ms (the runtime has no event for it).
-   *
-   * @default {32_768} (32 KiB)
-   */
-  writeLimit?: number;
-  /**
-   * Keepalive, in ms, run by the runtime: after `pingInterval` without receiving
-   * anything it sends a ping, and it closes the connection (1001) if nothing
-   * arrives in the next `pingInterval`. Passed to `Deno.upgradeWebSocket` as
-   * `idleTimeout: 2 × pingInterval / 1000` seconds. `null` or `0` disables it.
-   *
-   * @default {20_000}
-   */
-  pingInterval?: number | null;
-  /**
-   * Time `close()` waits for the peer's close frame, in ms; then the connection
-   * is reported closed (1006).
-   *
-   * @default {10_000}
-   */
-  closeTimeout?: number;
-  /**
-   * Where logs go.
-   *
-   * @default {undefined} (no logging; `handler()` still logs handler errors to `console`)
-   */
-  logger?: Logger;
+export interface AcceptOptions extends
+  Pick<
+    ConnectionOptions,
+    "maxSize" | "maxQueue" | "writeLimit" | "pingInterval" | "closeTimeout" | "logger"
+  >,
+  Pick<ServerProtocolOptions, "origins" | "subprotocols" | "selectSubprotocol"> {
   /**
    * The peer's address, e.g. `info.remoteAddr` of the `Deno.serve` handler;
    * becomes the connection's `remoteAddr`. `handler()` passes it on for you.
@@ -242,10 +196,15 @@ export type AcceptResult =
   };
 
 /**
- * How {@linkcode PlatformConnection} is made: the runtime's `WebSocket` and
- * what the handshake decided. Built by {@linkcode accept}.
+ * How {@linkcode PlatformConnection} is made: the runtime's `WebSocket`, what
+ * the handshake decided, and the limits of {@linkcode AcceptOptions}. Built
+ * by {@linkcode accept}.
  */
-export interface PlatformConnectionOptions {
+export interface PlatformConnectionOptions extends
+  Pick<
+    ConnectionOptions,
+    "maxSize" | "maxQueue" | "writeLimit" | "pingInterval" | "closeTimeout" | "logger"
+  > {
   /**
    * The handshake request, in this library's form.
    *
@@ -270,43 +229,6 @@ export interface PlatformConnectionOptions {
    * @default {undefined}
    */
   remoteAddr?: Deno.Addr;
-  /**
-   * Largest incoming message in bytes.
-   *
-   * @default {1_048_576} (1 MiB)
-   */
-  maxSize?: number;
-  /**
-   * Unread messages buffered at most before the connection is closed with 1013.
-   *
-   * @default {16}
-   */
-  maxQueue?: number;
-  /**
-   * High-water mark of `bufferedAmount` that `send()` waits under.
-   *
-   * @default {32_768} (32 KiB)
-   */
-  writeLimit?: number;
-  /**
-   * The keepalive interval given to the runtime, in ms, or `null` (for the
-   * record).
-   *
-   * @default {20_000}
-   */
-  pingInterval?: number | null;
-  /**
-   * Time `close()` waits for the peer's close frame, in ms.
-   *
-   * @default {10_000}
-   */
-  closeTimeout?: number;
-  /**
-   * Where logs go.
-   *
-   * @default {undefined} (no logging)
-   */
-  logger?: Logger;
 }
 
 // Polling delays of `send()` waiting for `bufferedAmount` to go down: the
@@ -574,16 +496,7 @@ export class PlatformConnection extends Connection {
       this.socket.send((fragments.parts as string[]).join(""));
       return;
     }
-    const parts = fragments.parts as Uint8Array[];
-    let length = 0;
-    for (const part of parts) length += part.length;
-    const whole = new Uint8Array(length);
-    let offset = 0;
-    for (const part of parts) {
-      whole.set(part, offset);
-      offset += part.length;
-    }
-    this.socket.send(whole);
+    this.socket.send(concat(fragments.parts as Uint8Array[]));
   }
 
   /** Not reachable: `ping()` is not available. */
@@ -622,13 +535,7 @@ export class PlatformConnection extends Connection {
 
   /** The `ConnectionClosed` error matching the close frames exchanged so far. */
   protected makeCloseError(): ConnectionClosed {
-    const rcvd = this.#rcvd, sent = this.#sent;
-    const ok = rcvd !== undefined && sent !== undefined && isOkCode(rcvd.code) &&
-      isOkCode(sent.code);
-    const options = this.#failure === undefined ? undefined : { cause: this.#failure };
-    return ok
-      ? new ConnectionClosedOK(rcvd, sent, this.#rcvdThenSent, options)
-      : new ConnectionClosedError(rcvd, sent, this.#rcvdThenSent, options);
+    return closeError(this.#rcvd, this.#sent, this.#rcvdThenSent, this.#failure);
   }
 
   /** Sends a close frame (once) and waits until the connection is closed, at most `closeTimeout`. */
@@ -655,7 +562,7 @@ export class PlatformConnection extends Connection {
     this.#failed = true;
     if (this.state !== State.OPEN) return;
     this.#fragments = undefined;
-    this.#closeSocket(new Close(code, truncate(reason)));
+    this.#closeSocket(new Close(code, truncateReason(reason)));
   }
 
   #closeSocket(close: Close): void {
@@ -759,20 +666,6 @@ export class PlatformConnection extends Connection {
     for (const waiter of this.#drainWaiters.splice(0)) waiter.reject(closeError);
     this.#handshakeReject(closeError);
   }
-}
-
-function isOkCode(code: number): boolean {
-  return code === CloseCode.NORMAL_CLOSURE || code === CloseCode.GOING_AWAY ||
-    code === CloseCode.NO_STATUS_RCVD;
-}
-
-// A close reason must fit in 123 bytes of UTF-8.
-function truncate(reason: string): string {
-  const encoder = new TextEncoder();
-  if (encoder.encode(reason).length <= 123) return reason;
-  let cut = reason.slice(0, 120);
-  while (encoder.encode(cut + "…").length > 123) cut = cut.slice(0, -1);
-  return cut + "…";
 }
 
 // Options of serve() / connect() that can't apply on this path, and why.

@@ -45,7 +45,7 @@
  * @module
  */
 
-import type { Close } from "./frames.ts";
+import { type Close, CloseCode } from "./frames.ts";
 import type { Response } from "./http11.ts";
 
 /**
@@ -122,7 +122,7 @@ export class ConnectionClosed extends WebSocketError {
 
   /** The close code received, or 1006 (abnormal closure) when no close frame was received. */
   get code(): number {
-    return this.rcvd?.code ?? 1006;
+    return this.rcvd?.code ?? CloseCode.ABNORMAL_CLOSURE;
   }
 
   /** The close reason received, or `""`. */
@@ -556,7 +556,7 @@ export class ProtocolError extends WebSocketError {
   /** The close code the connection is failed with: 1002 (protocol error) or 1007 (invalid data). */
   readonly code: number;
   /** Creates the error; `code` defaults to 1002 (protocol error). */
-  constructor(message: string, code = 1002, options?: ErrorOptions) {
+  constructor(message: string, code: number = CloseCode.PROTOCOL_ERROR, options?: ErrorOptions) {
     super(message, options);
     this.code = code;
   }

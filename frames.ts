@@ -110,21 +110,21 @@ export const CloseCode = {
 } as const;
 
 const CLOSE_CODE_EXPLANATIONS: Record<number, string> = {
-  1000: "OK",
-  1001: "going away",
-  1002: "protocol error",
-  1003: "unsupported data",
-  1005: "no status received [internal]",
-  1006: "abnormal closure [internal]",
-  1007: "invalid frame payload data",
-  1008: "policy violation",
-  1009: "message too big",
-  1010: "mandatory extension",
-  1011: "internal error",
-  1012: "service restart",
-  1013: "try again later",
-  1014: "bad gateway",
-  1015: "TLS handshake failure [internal]",
+  [CloseCode.NORMAL_CLOSURE]: "OK",
+  [CloseCode.GOING_AWAY]: "going away",
+  [CloseCode.PROTOCOL_ERROR]: "protocol error",
+  [CloseCode.UNSUPPORTED_DATA]: "unsupported data",
+  [CloseCode.NO_STATUS_RCVD]: "no status received [internal]",
+  [CloseCode.ABNORMAL_CLOSURE]: "abnormal closure [internal]",
+  [CloseCode.INVALID_DATA]: "invalid frame payload data",
+  [CloseCode.POLICY_VIOLATION]: "policy violation",
+  [CloseCode.MESSAGE_TOO_BIG]: "message too big",
+  [CloseCode.MANDATORY_EXTENSION]: "mandatory extension",
+  [CloseCode.INTERNAL_ERROR]: "internal error",
+  [CloseCode.SERVICE_RESTART]: "service restart",
+  [CloseCode.TRY_AGAIN_LATER]: "try again later",
+  [CloseCode.BAD_GATEWAY]: "bad gateway",
+  [CloseCode.TLS_HANDSHAKE]: "TLS handshake failure [internal]",
 };
 
 /**

@@ -22,6 +22,7 @@
  * @module
  */
 
+import { concat } from "./_bytes.ts";
 import { InvalidHeaderValue, InvalidMessage, InvalidState, SecurityError } from "./errors.ts";
 import { Headers, parseConnection, validateHeaderName } from "./headers.ts";
 
@@ -111,18 +112,6 @@ function encodeLatin1(text: string): Uint8Array {
   const bytes = new Uint8Array(text.length);
   for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
   return bytes;
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  let length = 0;
-  for (const part of parts) length += part.length;
-  const result = new Uint8Array(length);
-  let offset = 0;
-  for (const part of parts) {
-    result.set(part, offset);
-    offset += part.length;
-  }
-  return result;
 }
 
 // request-target: visible ASCII characters only.

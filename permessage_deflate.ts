@@ -92,7 +92,7 @@ import type {
   ExtensionParameter,
   ServerExtensionFactory,
 } from "./extensions.ts";
-import { Frame, Opcode } from "./frames.ts";
+import { CloseCode, Frame, Opcode } from "./frames.ts";
 
 const NAME = "permessage-deflate";
 
@@ -331,7 +331,7 @@ function inflateInto(codec: ZlibCodec, input: Uint8Array, run: InflateRun): void
     const room = Math.min(run.out.length - run.used, run.maxSize - run.size + 1);
     const error = codec.write(input, inOffset, inLength, run.out, run.used, room);
     if (error !== undefined) {
-      throw new ProtocolError(`invalid compressed data: ${error}`, 1007);
+      throw new ProtocolError(`invalid compressed data: ${error}`, CloseCode.INVALID_DATA);
     }
     const produced = room - codec.availOut;
     run.used += produced;

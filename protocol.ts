@@ -30,11 +30,11 @@
  * @module
  */
 
+import { concat } from "./_bytes.ts";
+import { closeError, truncateReason } from "./_close.ts";
 import { sha1 } from "./_sha1.ts";
 import {
   ConnectionClosed,
-  ConnectionClosedError,
-  ConnectionClosedOK,
   InvalidHandshake,
   InvalidHeader,
   InvalidHeaderValue,
@@ -312,13 +312,7 @@ class Fragments {
     this.#closeTail();
     const parts = this.#parts;
     if (parts.length === 1) return parts[0];
-    const bytes = new Uint8Array(this.size);
-    let offset = 0;
-    for (const part of parts) {
-      bytes.set(part, offset);
-      offset += part.length;
-    }
-    return bytes;
+    return concat(parts, this.size);
   }
 }
 
@@ -337,6 +331,20 @@ function isText(frame: Frame, recvOpcode: Opcode | undefined, recvCompressed: bo
     return recvOpcode === undefined && !frame.rsv1 && !frame.rsv2 && !frame.rsv3;
   }
   return frame.opcode === Opcode.CONT && recvOpcode === Opcode.TEXT && !recvCompressed;
+}
+
+/**
+ * The value of header `name`, which must appear once: `InvalidHeader` when it
+ * appears several times, or when it is missing and `required`.
+ */
+function singleHeader(headers: Headers, name: string, required = true): string | undefined {
+  const values = headers.getAll(name);
+  if (values.length === 1) return values[0];
+  if (values.length > 1) {
+    throw new InvalidHeader(name, values.join(", "), `more than one ${name} header found`);
+  }
+  if (required) throw new InvalidHeader(name);
+  return undefined;
 }
 
 function bytesToBase64(bytes: Uint8Array): string {
@@ -514,14 +522,12 @@ export abstract class Protocol {
    * `ConnectionClosedError` otherwise. Its `cause` is the failure, if any.
    */
   get closeError(): ConnectionClosed {
-    const rcvd = this.closeRcvd, sent = this.closeSent;
-    const ok = rcvd !== undefined && sent !== undefined && isOkCode(rcvd.code) &&
-      isOkCode(sent.code);
-    const cause = this.failure ?? this.handshakeError;
-    const options = cause === undefined ? undefined : { cause };
-    return ok
-      ? new ConnectionClosedOK(rcvd, sent, this.closeRcvdThenSent, options)
-      : new ConnectionClosedError(rcvd, sent, this.closeRcvdThenSent, options);
+    return closeError(
+      this.closeRcvd,
+      this.closeSent,
+      this.closeRcvdThenSent,
+      this.failure ?? this.handshakeError,
+    );
   }
 
   // ---- Receiving ----
@@ -1126,25 +1132,6 @@ function httpDate(): string {
   return dateText;
 }
 
-function isOkCode(code: number): boolean {
-  return code === CloseCode.NORMAL_CLOSURE || code === CloseCode.GOING_AWAY ||
-    code === CloseCode.NO_STATUS_RCVD;
-}
-
-// A close reason must fit in 123 bytes of UTF-8; cut on a code point boundary.
-function truncateReason(reason: string): string {
-  if (textEncoder.encode(reason).length <= 123) return reason;
-  let out = "";
-  let length = 0;
-  for (const char of reason) {
-    const size = textEncoder.encode(char).length;
-    if (length + size > 120) break;
-    out += char;
-    length += size;
-  }
-  return out + "...";
-}
-
 // ---------------------------------------------------------------- Client
 
 /** Options of {@linkcode ClientProtocol}. */
@@ -1350,17 +1337,9 @@ export class ClientProtocol extends Protocol {
     if (upgrade.length !== 1 || upgrade[0].toLowerCase() !== "websocket") {
       throw new InvalidUpgrade("Upgrade", upgrade.length ? upgrade.join(", ") : undefined);
     }
-    const accept = headers.getAll("Sec-WebSocket-Accept");
-    if (accept.length === 0) throw new InvalidHeader("Sec-WebSocket-Accept");
-    if (accept.length > 1) {
-      throw new InvalidHeader(
-        "Sec-WebSocket-Accept",
-        accept.join(", "),
-        "more than one Sec-WebSocket-Accept header found",
-      );
-    }
-    if (accept[0] !== acceptKey(this.#key)) {
-      throw new InvalidHeaderValue("Sec-WebSocket-Accept", accept[0]);
+    const accept = singleHeader(headers, "Sec-WebSocket-Accept")!;
+    if (accept !== acceptKey(this.#key)) {
+      throw new InvalidHeaderValue("Sec-WebSocket-Accept", accept);
     }
     this.extensions = this.#negotiateExtensions(headers);
     this.subprotocol = this.#negotiateSubprotocol(headers);
@@ -1639,34 +1618,13 @@ export class ServerProtocol extends Protocol {
       throw new InvalidUpgrade("Upgrade", upgrade.length ? upgrade.join(", ") : undefined);
     }
     // RFC 6455 §4.2.1 (and RFC 7230 §5.4): exactly one Host header.
-    const hosts = headers.getAll("Host");
-    if (hosts.length === 0) throw new InvalidHeader("Host");
-    if (hosts.length > 1) {
-      throw new InvalidHeader("Host", hosts.join(", "), "more than one Host header found");
-    }
-    const keys = headers.getAll("Sec-WebSocket-Key");
-    if (keys.length === 0) throw new InvalidHeader("Sec-WebSocket-Key");
-    if (keys.length > 1) {
-      throw new InvalidHeader(
-        "Sec-WebSocket-Key",
-        keys.join(", "),
-        "more than one Sec-WebSocket-Key header found",
-      );
-    }
-    const key = keys[0];
+    singleHeader(headers, "Host");
+    const key = singleHeader(headers, "Sec-WebSocket-Key")!;
     if (!/^[A-Za-z0-9+/]{22}==$/.test(key) || base64Length(key) !== 16) {
       throw new InvalidHeaderValue("Sec-WebSocket-Key", key);
     }
-    const versions = headers.getAll("Sec-WebSocket-Version");
-    if (versions.length === 0) throw new InvalidHeader("Sec-WebSocket-Version");
-    if (versions.length > 1) {
-      throw new InvalidHeader(
-        "Sec-WebSocket-Version",
-        versions.join(", "),
-        "more than one Sec-WebSocket-Version header found",
-      );
-    }
-    if (versions[0] !== "13") throw new InvalidHeaderValue("Sec-WebSocket-Version", versions[0]);
+    const version = singleHeader(headers, "Sec-WebSocket-Version")!;
+    if (version !== "13") throw new InvalidHeaderValue("Sec-WebSocket-Version", version);
     this.#checkOrigin(headers);
     const [extensionHeader, extensions] = this.#negotiateExtensions(headers);
     const subprotocol = this.#negotiateSubprotocol(request);
@@ -1676,11 +1634,7 @@ export class ServerProtocol extends Protocol {
   #checkOrigin(headers: Headers): void {
     const origins = this.#options.origins;
     if (origins === undefined) return;
-    const values = headers.getAll("Origin");
-    if (values.length > 1) {
-      throw new InvalidHeader("Origin", values.join(", "), "more than one Origin header found");
-    }
-    const origin = values[0];
+    const origin = singleHeader(headers, "Origin", false);
     for (const pattern of origins) {
       if (pattern === undefined) {
         if (origin === undefined) return;

@@ -41,7 +41,7 @@
  */
 
 import { broadcast, type SlowConnectionPolicy } from "./broadcast.ts";
-import { type BinaryData, isBytes, toBytes } from "./_bytes.ts";
+import { type BinaryData, describeType, isBytes, toBytes } from "./_bytes.ts";
 import type { Connection } from "./abstract_connection.ts";
 import { ConcurrencyError, InvalidState, WebSocketError } from "./errors.ts";
 
@@ -583,12 +583,6 @@ export class Room implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
-}
-
-function describeType(value: unknown): string {
-  if (value === null) return "null";
-  if (typeof value === "object") return (value as object).constructor?.name ?? "object";
-  return typeof value;
 }
 
 function show(value: unknown): string {

@@ -7,6 +7,7 @@
  * @module
  */
 
+import { isNormalClosure } from "./_close.ts";
 import { encodeShared, sharedEncodingKey, type SharedFrames } from "./_shared_frames.ts";
 import { concatChunks, DIRECT_FROM, hasLargeChunk, splitForWrite } from "./_writer.ts";
 import { Connection, type ConnectionOptions } from "./abstract_connection.ts";
@@ -263,9 +264,7 @@ export class StreamConnection extends Connection {
   /** Whether the close frames exchanged make a normal closure, without building the error. */
   protected override get closedOK(): boolean {
     if (this.state !== State.CLOSED) return false;
-    const rcvd = this.protocol.closeRcvd, sent = this.protocol.closeSent;
-    return rcvd !== undefined && sent !== undefined && isOkCode(rcvd.code) &&
-      isOkCode(sent.code);
+    return isNormalClosure(this.protocol.closeRcvd, this.protocol.closeSent);
   }
 
   /**
@@ -793,10 +792,4 @@ export class StreamConnection extends Connection {
     }
     await this.closed;
   }
-}
-
-// The close codes of a normal closure (the ones `ConnectionClosedOK` stands for).
-function isOkCode(code: number): boolean {
-  return code === CloseCode.NORMAL_CLOSURE || code === CloseCode.GOING_AWAY ||
-    code === CloseCode.NO_STATUS_RCVD;
 }
