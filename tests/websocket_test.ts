@@ -729,6 +729,43 @@ Deno.test("websocket: a Blob sent before a string arrives first, as with the bui
   assert.deepStrictEqual(builtIn.apart.bufferedAmount, [0, 0, 0, 0, 0]);
 });
 
+Deno.test("websocket: close() right after send(Blob) sends the Blob and what follows first, as the built-in does", async () => {
+  let recorded = deferred<string[]>();
+  const server = serve(async (ws) => {
+    const received: string[] = [];
+    for await (const message of ws) {
+      received.push(typeof message === "string" ? message : `binary:${[...message].join(",")}`);
+    }
+    const result = await ws.closed;
+    received.push(`close ${result.rcvd?.code} ${result.rcvd?.reason}`);
+    recorded.resolve(received);
+  }, { hostname: HOST, port: 0 });
+  try {
+    const runs: [Entry[], string[]][] = [];
+    for (const impl of [BUILT_IN, OURS]) {
+      recorded = deferred<string[]>();
+      const ws = new impl(`ws://${HOST}:${server.port}/`);
+      const recorder = new Recorder(ws, {
+        open: () => {
+          recorder.step("send Blob", () => ws.send(new Blob([new Uint8Array([7, 8])])), true);
+          recorder.step("send string", () => ws.send("after the blob"), true);
+          recorder.step("close(1000, reason)", () => ws.close(1000, "after the sends"));
+        },
+      });
+      const run = await recorder.done();
+      runs.push([run.trace, await within(recorded.promise, 10_000, "the server's record")]);
+    }
+    assert.deepStrictEqual(runs[1], runs[0]);
+    assert.deepStrictEqual(runs[1][1], [
+      "binary:7,8",
+      "after the blob",
+      "close 1000 after the sends",
+    ]);
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("websocket: bufferedAmount grows by each message's length on send(), as in the built-in", async () => {
   const { ours } = await differential((impl, base) => {
     const ws = new impl(`${base}/echo`);
