@@ -10,7 +10,15 @@ import { serve, type ServerConnection } from "../server.ts";
 import { WebSocket } from "../websocket.ts";
 import { WebSocket as WebSocketFromMod } from "../mod.ts";
 import { Frame, Opcode } from "../frames.ts";
-import { acceptRaw, deferred, freePort, HOST, RawServer, within } from "./_helpers.ts";
+import {
+  acceptRaw,
+  deferred,
+  freePort,
+  HOST,
+  RawServer,
+  selfSignedCert,
+  within,
+} from "./_helpers.ts";
 
 type Impl = typeof globalThis.WebSocket;
 type Entry = Record<string, unknown>;
@@ -1081,5 +1089,66 @@ Deno.test("websocket: the proxy option reaches connect(): the connection goes th
   } finally {
     await proxy.close();
     await server.close();
+  }
+});
+
+Deno.test("websocket: an https: URL connects over TLS as wss:, trusting the caCerts option", async () => {
+  await using tls = await selfSignedCert();
+  const server = serve(scriptedServer, {
+    hostname: HOST,
+    port: 0,
+    tls: { cert: tls.cert, key: tls.key },
+  });
+  try {
+    const ws = new WebSocket(`https://localhost:${server.port}/echo`, [], { caCerts: [tls.cert] });
+    const recorder = new Recorder(ws, {
+      open: () => ws.send("over TLS"),
+      message: () => ws.close(),
+    });
+    const run = await recorder.done();
+    assert.deepStrictEqual(
+      [ws.url, run.trace.map((entry) => [entry.event, entry.data])],
+      [`wss://localhost:${server.port}/echo`, [
+        ["open", undefined],
+        ["message", "over TLS"],
+        ["close", undefined],
+      ]],
+    );
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("websocket: keepalive options apply: an unanswered ping fails the connection with 1011", async () => {
+  const frames: string[] = [];
+  const raw = new RawServer(async (peer) => {
+    await acceptRaw(peer);
+    // Never answers: reads the client's ping, then its close frame.
+    for (
+      let frame = await peer.readFrame(true);
+      frame !== undefined;
+      frame = await peer.readFrame(true)
+    ) {
+      frames.push(
+        frame.opcode === Opcode.CLOSE
+          ? `close ${(frame.data[0] << 8) | frame.data[1]}`
+          : `opcode ${frame.opcode}`,
+      );
+      if (frame.opcode === Opcode.CLOSE) break;
+    }
+  });
+  try {
+    const ws = new WebSocket(raw.uri("/"), [], {
+      pingInterval: 50,
+      pingTimeout: 100,
+      closeTimeout: 200,
+    });
+    const run = await new Recorder(ws).done();
+    assert.deepStrictEqual(
+      [run.trace.map((entry) => entry.event), run.apart.uncleanCode, frames],
+      [["open", "error", "close"], [1006], [`opcode ${Opcode.PING}`, "close 1011"]],
+    );
+  } finally {
+    await raw.close();
   }
 });
