@@ -1,6 +1,7 @@
-// The project's Markdown: every relative link points to a file that exists,
-// every #anchor to a heading that exists (with GitHub's heading ids), and the
-// README stays one short page.
+// The project's documentation: every relative link in the Markdown points to
+// a file that exists, every #anchor to a heading that exists (with GitHub's
+// heading ids), every option of the API documents its default, and the README
+// stays one short page.
 
 import assert from "node:assert/strict";
 import { dirname, join, relative } from "node:path";
@@ -264,6 +265,53 @@ Deno.test("docs: broken links and anchors are reported with file, line and reaso
 
 Deno.test("docs: every relative link and #anchor in the project's Markdown resolves", async () => {
   assert.deepEqual(await brokenLinks(ROOT), []);
+});
+
+/** The shape of `deno doc --json` that the option check reads. */
+interface DocJson {
+  nodes: Record<string, {
+    symbols: {
+      name: string;
+      declarations: {
+        kind: string;
+        def?: {
+          properties?: {
+            name: string;
+            optional: boolean;
+            jsDoc?: { tags?: { kind: string }[] };
+          }[];
+        };
+      }[];
+    }[];
+  }>;
+}
+
+Deno.test("docs: every option of the public API documents its @default", async () => {
+  const { success, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["doc", "--json", "mod.ts"],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.ok(success, new TextDecoder().decode(stderr));
+  const doc: DocJson = JSON.parse(new TextDecoder().decode(stdout));
+  const missing: string[] = [];
+  for (const module of Object.values(doc.nodes)) {
+    for (const symbol of module.symbols) {
+      // Options objects: FooOptions, FooInit (as in RequestInit), HttpLimits.
+      if (!/(Options|Init|Limits)$/.test(symbol.name)) continue;
+      for (const declaration of symbol.declarations) {
+        if (declaration.kind !== "interface") continue;
+        for (const property of declaration.def?.properties ?? []) {
+          const tags = property.jsDoc?.tags ?? [];
+          if (property.optional && !tags.some((tag) => tag.kind === "default")) {
+            missing.push(`${symbol.name}.${property.name}`);
+          }
+        }
+      }
+    }
+  }
+  assert.deepEqual(missing, []);
 });
 
 Deno.test("docs: README.md stays under 12 KB", async () => {
