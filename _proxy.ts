@@ -92,9 +92,30 @@ export function parseProxy(url: string): Proxy {
 export type EnvReader = (name: string) => string | undefined;
 
 /**
- * Reads an environment variable if the program may read it, without ever
- * prompting: `undefined` when `--allow-env` doesn't cover it.
+ * A reader of the environment that never prompts: when `--allow-env` covers
+ * every variable it reads them directly (one permission query per reader);
+ * otherwise it reads only the variables the program may read, and the
+ * others are `undefined`.
  */
+export function environment(): EnvReader {
+  let all = false;
+  try {
+    all = Deno.permissions.querySync({ name: "env" }).state === "granted";
+  } catch {
+    // not Deno, or no permissions API: per-variable queries below fail the same way
+  }
+  return all ? readGranted : readEnv;
+}
+
+function readGranted(name: string): string | undefined {
+  try {
+    return Deno.env.get(name);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Reads one environment variable if the program may read it, without prompting. */
 export function readEnv(name: string): string | undefined {
   try {
     if (Deno.permissions.querySync({ name: "env", variable: name }).state !== "granted") {
@@ -125,7 +146,10 @@ function firstSet(names: string[], env: EnvReader): [name: string, value: string
  *
  * @throws {InvalidProxy} when the variable that applies isn't a valid proxy URL.
  */
-export function proxyFromEnv(uri: WebSocketURI, env: EnvReader = readEnv): Proxy | undefined {
+export function proxyFromEnv(
+  uri: WebSocketURI,
+  env: EnvReader = environment(),
+): Proxy | undefined {
   const found = firstSet([uri.secure ? "https_proxy" : "http_proxy", "all_proxy"], env);
   if (found === undefined) return undefined;
   const noProxy = firstSet(["no_proxy"], env);

@@ -1,7 +1,7 @@
 // Choosing a proxy, without sockets: proxy URLs, the environment variables and NO_PROXY.
 
 import assert from "node:assert/strict";
-import { bypassProxy, parseIp, parseProxy, proxyFromEnv, readEnv } from "../_proxy.ts";
+import { bypassProxy, environment, parseIp, parseProxy, proxyFromEnv, readEnv } from "../_proxy.ts";
 import { InvalidProxy } from "../errors.ts";
 import { parseUri } from "../uri.ts";
 
@@ -156,9 +156,12 @@ Deno.test("proxy: an invalid proxy in the environment throws InvalidProxy naming
   );
 });
 
-Deno.test("proxy: readEnv reads a variable the program may read", () => {
-  // Tests run with -A: PATH is readable.
-  assert.equal(readEnv("PATH"), Deno.env.get("PATH"));
+Deno.test("proxy: readEnv and environment() read a variable the program may read", () => {
+  // Tests run with -A: PATH is readable. (Without the permission: tests/proxy_test.ts.)
+  assert.deepEqual(
+    [readEnv("PATH"), environment()("PATH")],
+    [Deno.env.get("PATH"), Deno.env.get("PATH")],
+  );
 });
 
 // ---------------------------------------------------------------- NO_PROXY

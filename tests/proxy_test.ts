@@ -626,6 +626,24 @@ proxyTest(
   },
 );
 
+proxyTest(undefined, "--allow-env for some variables: those are read, the others not", async () => {
+  await using proxy = new RawServer(async (peer) => {
+    await peer.readHead();
+    await peer.write("HTTP/1.1 407 Proxy Authentication Required\r\n\r\n");
+  });
+  const refused = `http://${HOST}:${freePort()}`;
+  const lines = await runEnvClient(
+    // http_proxy (lower case, read first) isn't allowed: HTTP_PROXY applies.
+    { http_proxy: refused, HTTP_PROXY: `http://${HOST}:${proxy.port}` },
+    [`ws://${HOST}:9/`],
+    ["--allow-net", "--allow-env=HTTP_PROXY"],
+  );
+  assert.deepEqual(lines, [
+    `ws://${HOST}:9/ InvalidProxyStatus: proxy http://${HOST}:${proxy.port} failed: ` +
+    "HTTP 407 Proxy Authentication Required",
+  ]);
+});
+
 proxyTest(
   "tinyproxy",
   "a redirect out of NO_PROXY goes through the environment's proxy",
