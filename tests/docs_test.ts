@@ -1,7 +1,7 @@
 // The project's documentation: every relative link in the Markdown points to
 // a file that exists, every #anchor to a heading that exists (with GitHub's
 // heading ids), every option of the API documents its default, and the README
-// stays one short page.
+// stays one short page whose benchmark figures are those of the performance guide.
 
 import assert from "node:assert/strict";
 import { dirname, join, relative } from "node:path";
@@ -312,6 +312,36 @@ Deno.test("docs: every option of the public API documents its @default", async (
     }
   }
   assert.deepEqual(missing, []);
+});
+
+/**
+ * The first table after `heading` in a Markdown text: each row as a record
+ * from column header to cell text.
+ */
+function tableAfter(text: string, heading: string): Record<string, string>[] {
+  const lines = text.split("\n");
+  const start = lines.findIndex((line) => line.trim() === heading);
+  assert.ok(start >= 0, `no heading "${heading}"`);
+  const first = lines.findIndex((line, i) => i > start && line.startsWith("|"));
+  const table: string[] = [];
+  for (let i = first; i < lines.length && lines[i].startsWith("|"); i++) table.push(lines[i]);
+  const cells = (line: string) => line.slice(1, -1).split("|").map((cell) => cell.trim());
+  const [header, , ...rows] = table.map(cells);
+  return rows.map((row) => Object.fromEntries(header.map((name, i) => [name, row[i]])));
+}
+
+Deno.test("docs: the README's performance rows are those of the full results", async () => {
+  const readme = tableAfter(await Deno.readTextFile(join(ROOT, "README.md")), "## Performance");
+  const full = tableAfter(
+    await Deno.readTextFile(join(ROOT, "docs", "performance.md")),
+    "## Full results",
+  );
+  assert.ok(readme.length > 0, "no performance table in README.md");
+  const sameRows = readme.map((row) => {
+    const match = full.find((candidate) => candidate.scenario === row.scenario) ?? {};
+    return Object.fromEntries(Object.keys(row).map((column) => [column, match[column]]));
+  });
+  assert.deepEqual(sameRows, readme);
 });
 
 Deno.test("docs: README.md stays under 12 KB", async () => {
