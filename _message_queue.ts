@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { ConnectionClosed } from "./errors.ts";
+import { ConcurrencyError, type ConnectionClosed } from "./errors.ts";
 
 /**
  * A message: `string` for Text, `Uint8Array` for Binary.
@@ -28,6 +28,41 @@ export interface RecvOptions {
    * @default {undefined} (wait until a message arrives or the connection closes)
    */
   signal?: AbortSignal;
+}
+
+/**
+ * Options of {@linkcode MessageQueue.prototype.recvStreaming}.
+ *
+ * @example
+ * ```ts
+ * import type { RecvStreamingOptions } from "@denows/websockets";
+ * const options: RecvStreamingOptions = { maxSize: Infinity };
+ * console.log(options.maxSize); // Infinity
+ * ```
+ */
+export interface RecvStreamingOptions {
+  /**
+   * The largest size of this message, in bytes, `Infinity` for no limit: a
+   * streamed message may exceed the connection's `maxSize` only when this
+   * call says so. Beyond it the connection is closed with 1009 at the
+   * fragment that crosses it.
+   *
+   * @default {connection.maxSize}
+   */
+  maxSize?: number;
+}
+
+// The message that recvStreaming() reads part by part: the parts received and not taken yet,
+// whether the last one came, who waits for the next, and whether its consumer left (the rest is
+// then dropped as it comes).
+interface PartStream {
+  readonly maxSize: number;
+  parts: Message[];
+  head: number;
+  last: boolean;
+  started: boolean;
+  abandoned: boolean;
+  waiter: RecvWaiter | undefined;
 }
 
 // A recv() waiting for a message, or an iteration (`iterating`): resolved with an
@@ -58,6 +93,8 @@ interface RecvWaiter {
 export abstract class MessageQueue implements AsyncIterable<Message> {
   /** Received messages buffered before reading pauses. */
   abstract readonly maxQueue: number;
+  /** Largest incoming message in bytes; the default limit of `recvStreaming()`. */
+  abstract readonly maxSize: number;
 
   // Created on demand: an idle connection holds no queue, no waiter list.
   #messages: Message[] | undefined;
@@ -67,6 +104,8 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
   #recvWaiters: RecvWaiter[] | undefined;
   #queueSpaceWaiter: (() => void) | undefined;
   #ended = false;
+  // The message recvStreaming() reads, until its consumer took its last part or left.
+  #stream: PartStream | undefined;
 
   /**
    * Whether the connection is closed and its close error is
@@ -76,8 +115,55 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
   /** The error describing the close, once closed. */
   protected abstract get closedError(): ConnectionClosed | undefined;
 
+  /**
+   * Called by `recvStreaming()` when it waits for a message that hasn't
+   * begun to arrive: an implementation that receives frame by frame asks
+   * for the next message (or the one half received) as parts, and gives
+   * them to {@linkcode MessageQueue.prototype.deliverPart}; one that
+   * receives whole messages does nothing, and the next message delivered is
+   * one part.
+   */
+  protected startStreaming(_maxSize: number): void {}
+
+  /**
+   * The size limit of the message `recvStreaming()` waits for, while it
+   * waits for one to begin (for implementations that receive whole
+   * messages); `undefined` otherwise.
+   */
+  protected get streamingMaxSize(): number | undefined {
+    const stream = this.#stream;
+    return stream !== undefined && !stream.started ? stream.maxSize : undefined;
+  }
+
+  /** Called by implementations for each part of the message `recvStreaming()` reads. */
+  protected deliverPart(part: Message, last: boolean): void {
+    const stream = this.#stream;
+    if (stream === undefined) return;
+    stream.started = true;
+    if (last) stream.last = true;
+    if (stream.abandoned) {
+      if (last) this.#stream = undefined;
+      return;
+    }
+    const waiter = stream.waiter;
+    if (waiter !== undefined) {
+      stream.waiter = undefined;
+      if (last) this.#stream = undefined;
+      waiter.resolve({ value: part, done: false });
+      return;
+    }
+    stream.parts.push(part);
+  }
+
   /** Called by implementations for each message received. */
   protected deliver(message: Message): void {
+    if (this.#stream !== undefined) {
+      // A message arriving whole (or, after a stream, before the stream's consumer finished).
+      if (!this.#stream.started) {
+        this.deliverPart(message, true);
+        return;
+      }
+    }
     const waiter = this.#recvWaiter;
     if (waiter !== undefined) {
       this.#recvWaiter = this.#recvWaiters?.shift();
@@ -93,9 +179,14 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
     return messages === undefined ? 0 : messages.length - this.#messagesHead;
   }
 
-  /** Whether reading from the network should pause: `maxQueue` messages wait unread. */
+  /**
+   * Whether reading from the network should pause: `maxQueue` messages wait
+   * unread, or a part of the message `recvStreaming()` reads does.
+   */
   protected get queueFull(): boolean {
-    return this.messagesQueued >= this.maxQueue;
+    const stream = this.#stream;
+    return this.messagesQueued >= this.maxQueue ||
+      (stream !== undefined && stream.head < stream.parts.length);
   }
 
   /** Resolves once there is room in the message queue (or `stopWaitingForQueueSpace()` is called). */
@@ -139,6 +230,7 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
    * wait with its reason.
    */
   recv(options?: RecvOptions): Promise<Message> {
+    if (this.#stream !== undefined) return Promise.reject(this.#streamingError("recv()"));
     if (this.messagesQueued !== 0) return Promise.resolve(this.#takeMessage());
     if (this.#ended) return Promise.reject(this.closedError);
     const signal = options?.signal;
@@ -183,6 +275,9 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
   [Symbol.asyncIterator](): AsyncIterator<Message> {
     return {
       next: (): Promise<IteratorResult<Message>> => {
+        if (this.#stream !== undefined) {
+          return Promise.reject(this.#streamingError("iterate over messages"));
+        }
         if (this.messagesQueued !== 0) {
           return Promise.resolve({ value: this.#takeMessage(), done: false });
         }
@@ -205,6 +300,134 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
         return Promise.resolve({ value: undefined, done: true });
       },
     };
+  }
+
+  #streamingError(what: string): ConcurrencyError {
+    return new ConcurrencyError(
+      `Cannot ${what}: recvStreaming() is reading a message; read it to its end first`,
+    );
+  }
+
+  /**
+   * Receives the next message part by part, each as it arrives, like Python
+   * `websockets`' `recv_streaming()`: Text as strings decoded incrementally
+   * (a character split between frames comes out whole in the next string;
+   * invalid UTF-8 closes the connection with 1007 at the frame where it
+   * becomes invalid), Binary as `Uint8Array` views. A message that came in
+   * one frame, or was received whole before this call, is one part.
+   *
+   * Reading from the network pauses while a part waits to be taken, so a
+   * message of any size can be written somewhere as it arrives in bounded
+   * memory (the largest frame, after decompression). The message may have
+   * up to `options.maxSize` bytes, the connection's `maxSize` by default.
+   *
+   * One consumer at a time: until the message's last part is taken (or the
+   * loop is left, which drops the rest of the message as it arrives),
+   * `recv()`, iteration and another `recvStreaming()` throw
+   * `ConcurrencyError`; so does this call while `recv()` or an iteration
+   * waits. Once the connection closed (after the parts already received),
+   * the iteration throws the close error.
+   *
+   * @example Write an upload to a file as it arrives
+   * ```ts ignore
+   * import { serve } from "@denows/websockets";
+   * serve(async (ws) => {
+   *   using file = await Deno.open("upload.bin", { write: true, create: true });
+   *   for await (const part of ws.recvStreaming({ maxSize: Infinity })) {
+   *     if (typeof part !== "string") await file.write(part);
+   *   }
+   * });
+   * ```
+   */
+  recvStreaming(options?: RecvStreamingOptions): AsyncIterableIterator<Message> {
+    if (this.#stream !== undefined) {
+      throw new ConcurrencyError(
+        "Cannot recvStreaming: another recvStreaming() is reading a message",
+      );
+    }
+    if (this.#recvWaiter !== undefined) {
+      throw new ConcurrencyError(
+        "Cannot recvStreaming: recv() or an iteration is waiting for a message",
+      );
+    }
+    const maxSize = options?.maxSize ?? this.maxSize;
+    if (!(maxSize >= 0)) {
+      throw new RangeError(`maxSize must be a positive number, got ${maxSize}`);
+    }
+    const stream: PartStream = {
+      maxSize,
+      parts: [],
+      head: 0,
+      last: false,
+      started: false,
+      abandoned: false,
+      waiter: undefined,
+    };
+    this.#stream = stream;
+    if (this.messagesQueued !== 0) {
+      this.deliverPart(this.#takeMessage(), true);
+    } else if (!this.#ended) {
+      this.startStreaming(maxSize);
+    }
+    let done = false;
+    const finish = (): IteratorResult<Message> => {
+      done = true;
+      return { value: undefined, done: true };
+    };
+    const iterator: AsyncIterableIterator<Message> = {
+      next: (): Promise<IteratorResult<Message>> => {
+        if (done) return Promise.resolve({ value: undefined, done: true });
+        if (stream.head < stream.parts.length) {
+          const part = stream.parts[stream.head];
+          (stream.parts as (Message | undefined)[])[stream.head++] = undefined;
+          if (stream.head === stream.parts.length) {
+            stream.parts = [];
+            stream.head = 0;
+            if (stream.last) {
+              if (this.#stream === stream) this.#stream = undefined;
+            } else {
+              this.#queueSpaceFreed();
+            }
+          }
+          return Promise.resolve({ value: part, done: false });
+        }
+        if (stream.last) return Promise.resolve(finish());
+        if (this.#ended) {
+          if (this.#stream === stream) this.#stream = undefined;
+          done = true;
+          return Promise.reject(this.closedError);
+        }
+        return new Promise<IteratorResult<Message>>((resolve, reject) => {
+          stream.waiter = { iterating: true, resolve: resolve as RecvWaiter["resolve"], reject };
+        });
+      },
+      return: (): Promise<IteratorResult<Message>> => {
+        if (!done && !stream.last) {
+          // Left before the end: what is queued and the rest as it comes are dropped.
+          stream.abandoned = true;
+          stream.parts = [];
+          stream.head = 0;
+          if (this.#ended && this.#stream === stream) this.#stream = undefined;
+          this.#queueSpaceFreed();
+        } else if (this.#stream === stream) {
+          this.#stream = undefined;
+        }
+        return Promise.resolve(finish());
+      },
+      [Symbol.asyncIterator]() {
+        return iterator;
+      },
+    };
+    return iterator;
+  }
+
+  // Wakes the read loop waiting for room, when there is room now.
+  #queueSpaceFreed(): void {
+    const waiter = this.#queueSpaceWaiter;
+    if (waiter !== undefined && !this.queueFull) {
+      this.#queueSpaceWaiter = undefined;
+      waiter();
+    }
   }
 
   /** Incoming messages as a `ReadableStream`; it closes on a normal closure and errors otherwise. */
@@ -237,6 +460,18 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
     if (recvWaiters !== undefined) {
       this.#recvWaiters = undefined;
       for (const waiter of recvWaiters) this.#endWaiter(waiter);
+    }
+    // A message read part by part that won't be finished: its reader gets the close error once
+    // it took the parts that came.
+    const stream = this.#stream;
+    if (stream !== undefined && !stream.last) {
+      if (stream.abandoned) this.#stream = undefined;
+      const waiter = stream.waiter;
+      if (waiter !== undefined) {
+        stream.waiter = undefined;
+        this.#stream = undefined;
+        waiter.reject(this.closedError);
+      }
     }
   }
 

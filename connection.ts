@@ -29,7 +29,12 @@
  */
 
 export { type BinaryData, isBytes, toBytes } from "./_bytes.ts";
-export { type Message, MessageQueue, type RecvOptions } from "./_message_queue.ts";
+export {
+  type Message,
+  MessageQueue,
+  type RecvOptions,
+  type RecvStreamingOptions,
+} from "./_message_queue.ts";
 export type { SharedFrames } from "./_shared_frames.ts";
 export {
   type CloseResult,

@@ -13,7 +13,8 @@
  * - keepalive is the runtime's: `pingInterval` becomes `idleTimeout`
  *   (seconds) and `ping()` / `pong()` aren't available;
  * - no compression (the runtime doesn't negotiate permessage-deflate);
- * - a message is checked against `maxSize` once the runtime assembled it;
+ * - a message is checked against `maxSize` once the runtime assembled it,
+ *   and `recvStreaming()` gives it as one part;
  * - the runtime can't pause reading: beyond `maxQueue` unread messages the
  *   connection is closed with 1013 (try again later);
  * - `send()` waits under `writeLimit` by polling `bufferedAmount`.
@@ -290,6 +291,9 @@ function utf8LengthOver(text: string, limit: number): number | undefined {
  * - **Backpressure**: `send()` resolves once the socket's `bufferedAmount`
  *   is at most `writeLimit`, checked every 1 ms, then 2, 4, 8 and every
  *   16 ms (the runtime has no event for it).
+ * - **Receiving part by part**: the runtime delivers whole messages, so
+ *   `recvStreaming()` gives each message as one part, checked against the
+ *   `maxSize` of that call; memory is the whole message's.
  * - **Limits**: a message over `maxSize` bytes (UTF-8 for Text) is dropped
  *   and the connection closed with 1009; a message arriving while
  *   `maxQueue` messages wait unread is dropped and the connection closed
@@ -586,18 +590,20 @@ export class PlatformConnection extends Connection {
     const data = event.data;
     let message: string | Uint8Array;
     let size: number | undefined;
+    // A message recvStreaming() waits for has the limit of that call.
+    const maxSize = this.streamingMaxSize ?? this.maxSize;
     if (typeof data === "string") {
       message = data;
-      size = utf8LengthOver(data, this.maxSize);
+      size = utf8LengthOver(data, maxSize);
     } else if (data instanceof ArrayBuffer) {
       message = new Uint8Array(data);
-      size = message.length > this.maxSize ? message.length : undefined;
+      size = message.length > maxSize ? message.length : undefined;
     } else {
       this.logger?.warn(`connection ${this.id}: unexpected message data, was binaryType changed?`);
       return;
     }
     if (size !== undefined) {
-      const error = new PayloadTooBig(size, this.maxSize);
+      const error = new PayloadTooBig(size, maxSize);
       this.logger?.info(`connection ${this.id}: ${error.message}`);
       this.#failure = error;
       this.failTransport(CloseCode.MESSAGE_TOO_BIG, error.message);

@@ -643,6 +643,23 @@ export class StreamConnection extends Connection {
     }
   }
 
+  /**
+   * Has the protocol deliver the next message (or the one half received)
+   * frame by frame, for `recvStreaming()`; a message half received gives
+   * what came of it at once.
+   */
+  protected override startStreaming(maxSize: number): void {
+    const protocol = this.protocol;
+    protocol.streamMessage(maxSize);
+    this.#processEvents();
+    if (protocol.state !== State.OPEN) {
+      // What came already is over the limit: the connection is failing.
+      this.flushSoon();
+      this.#startCloseTimer();
+      this.#releaseReading();
+    }
+  }
+
   #processEvents(): Promise<void> | undefined {
     const events = this.protocol.eventsReceived();
     for (let i = 0; i < events.length; i++) {
@@ -650,6 +667,9 @@ export class StreamConnection extends Connection {
       switch (event.type) {
         case "message":
           this.deliver(event.data);
+          break;
+        case "fragment":
+          this.deliverPart(event.data, event.fin);
           break;
         case "pong":
           this.acknowledgePings(event.data);

@@ -980,3 +980,315 @@ Deno.test("connection: a browser-sized handshake request is read at once, then r
   assert.match(new TextDecoder().decode(written[0]), /^HTTP\/1\.1 101 /);
   connection.abort();
 });
+
+// ---- recvStreaming()
+
+/** A client frame (masked) as bytes. */
+function clientFrame(opcode: Opcode, data: Uint8Array | string, fin: boolean): Uint8Array {
+  const bytes = typeof data === "string" ? encoder.encode(data) : data;
+  return new Frame(opcode, bytes, { fin }).serialize({ mask: true });
+}
+
+/** The text of the next data frame `peer` reads (skipping pings). */
+async function nextText(peer: RawPeer): Promise<string | undefined> {
+  while (true) {
+    const frame = await within(peer.readFrame(), 5000, "reply");
+    if (frame === undefined) return undefined;
+    if (frame.opcode === Opcode.PING) continue;
+    if (frame.opcode === Opcode.CLOSE) return `close ${Close.parse(frame.data).code}`;
+    return decoder.decode(frame.data);
+  }
+}
+
+Deno.test("connection: recvStreaming() gives each fragment before the message ends", async () => {
+  // The handler answers every part: the client sends the next fragment only after that answer,
+  // so the message can't have been received whole first.
+  const { server } = serveLocal(async (ws) => {
+    for await (const part of ws.recvStreaming()) await ws.send(`part ${JSON.stringify(part)}`);
+    await ws.send("end");
+  });
+  const peer = await rawClient(server.port);
+  try {
+    const bytes = encoder.encode("café ok"); // é is 0xc3 0xa9: split between two fragments
+    const replies = [];
+    await peer.write(clientFrame(Opcode.TEXT, bytes.subarray(0, 4), false));
+    replies.push(await nextText(peer));
+    await peer.write(clientFrame(Opcode.CONT, bytes.subarray(4, 6), false));
+    replies.push(await nextText(peer));
+    await peer.write(clientFrame(Opcode.CONT, bytes.subarray(6), true));
+    replies.push(await nextText(peer), await nextText(peer));
+    assert.deepEqual(replies, ['part "caf"', 'part "é "', 'part "ok"', "end"]);
+  } finally {
+    peer.close();
+    await server.close();
+  }
+});
+
+Deno.test("connection: recvStreaming() gives Binary parts as bytes, and a whole message as one part", async () => {
+  const parts = deferred<Message[][]>();
+  const { server, uri } = serveLocal(async (ws) => {
+    const messages: Message[][] = [];
+    for (let i = 0; i < 2; i++) messages.push(await Array.fromAsync(ws.recvStreaming()));
+    parts.resolve(messages);
+  });
+  const ws = await connect(uri, { compression: null });
+  try {
+    await ws.send([new Uint8Array([1, 2]), new Uint8Array([3])]);
+    await ws.send(new Uint8Array([4, 5, 6]));
+    assert.deepEqual(await within(parts.promise, 5000, "parts"), [
+      [new Uint8Array([1, 2]), new Uint8Array([3])],
+      [new Uint8Array([4, 5, 6])],
+    ]);
+  } finally {
+    await ws.close();
+    await server.close();
+  }
+});
+
+Deno.test("connection: recvStreaming() of a message received before the call is one part", async () => {
+  const parts = deferred<Message[]>();
+  const { server, uri } = serveLocal(async (ws) => {
+    while (ws.messagesQueued === 0) await delay(5);
+    parts.resolve(await Array.fromAsync(ws.recvStreaming()));
+  });
+  const ws = await connect(uri);
+  try {
+    await ws.send(["al", "ready"]);
+    assert.deepEqual(await within(parts.promise, 5000, "parts"), ["already"]);
+  } finally {
+    await ws.close();
+    await server.close();
+  }
+});
+
+Deno.test("connection: invalid UTF-8 in a streamed message closes with 1007 after the valid parts", async () => {
+  const got: Message[] = [];
+  const ended = deferred<unknown>();
+  const { server } = serveLocal(async (ws) => {
+    try {
+      for await (const part of ws.recvStreaming()) got.push(part);
+    } catch (error) {
+      ended.resolve(error);
+    }
+  });
+  const peer = await rawClient(server.port);
+  try {
+    await peer.write(clientFrame(Opcode.TEXT, "valid ", false));
+    await peer.write(clientFrame(Opcode.CONT, new Uint8Array([0xe2, 0x82]), false));
+    await peer.write(clientFrame(Opcode.CONT, new Uint8Array([0x41]), false));
+    assert.equal(await nextText(peer), "close 1007");
+    peer.close(); // (the server waits for the client's end of the stream, up to closeTimeout)
+    const error = await within(ended.promise, 5000, "the handler's error");
+    assert.ok(error instanceof ConnectionClosedError);
+    assert.deepEqual(got, ["valid ", ""]);
+  } finally {
+    peer.close();
+    await server.close();
+  }
+});
+
+Deno.test("connection: a streamed message over maxSize closes with 1009 at the fragment crossing it", async () => {
+  const got: number[] = [];
+  const { server } = serveLocal(async (ws) => {
+    for await (const part of ws.recvStreaming()) got.push(part.length);
+  }, { maxSize: 10 });
+  const peer = await rawClient(server.port);
+  try {
+    await peer.write(clientFrame(Opcode.BINARY, new Uint8Array(6), false));
+    await peer.write(clientFrame(Opcode.CONT, new Uint8Array(4), false));
+    await peer.write(clientFrame(Opcode.CONT, new Uint8Array(1), true));
+    assert.equal(await nextText(peer), "close 1009");
+    assert.deepEqual(got, [6, 4]);
+  } finally {
+    peer.close();
+    await server.close();
+  }
+});
+
+Deno.test("connection: recvStreaming({ maxSize: Infinity }) takes a message over maxSize", async () => {
+  const sizes = deferred<number[]>();
+  const { server, uri } = serveLocal(async (ws) => {
+    const parts = await Array.fromAsync(ws.recvStreaming({ maxSize: Infinity }));
+    sizes.resolve(parts.map((part) => part.length));
+    await ws.send("done");
+    await ws.recv(); // the next message is limited by maxSize again
+  }, { maxSize: 1000 });
+  const ws = await connect(uri, { compression: null });
+  try {
+    await ws.send([new Uint8Array(800), new Uint8Array(800), new Uint8Array(800)]);
+    assert.deepEqual(await within(sizes.promise, 5000, "sizes"), [800, 800, 800]);
+    assert.equal(await ws.recv(), "done");
+    await ws.send(new Uint8Array(1001));
+    const closed = await within(ws.closed, 5000, "close");
+    assert.equal(closed.code, 1009);
+  } finally {
+    await ws.close();
+    await server.close();
+  }
+});
+
+Deno.test("connection: recv() while recvStreaming() reads a message is a ConcurrencyError", async () => {
+  const result = deferred<unknown[]>();
+  const { server, uri } = serveLocal(async (ws) => {
+    const parts = ws.recvStreaming();
+    const first = await parts.next();
+    const during = await rejection(ws.recv());
+    const iterating = await rejection(ws[Symbol.asyncIterator]().next());
+    const another = (() => {
+      try {
+        ws.recvStreaming();
+      } catch (error) {
+        return error;
+      }
+    })();
+    const rest = await Array.fromAsync(parts);
+    const after = await ws.recv(); // the stream is over: recv() reads the next message
+    result.resolve([first.value, during, iterating, another, rest, after]);
+  });
+  const ws = await connect(uri);
+  try {
+    await ws.send(["a", "b"]);
+    await ws.send("next");
+    const [first, during, iterating, another, rest, after] = await within(
+      result.promise,
+      5000,
+      "result",
+    );
+    assert.deepEqual(
+      [first, rest, after],
+      ["a", ["b"], "next"],
+    );
+    assert.deepEqual(
+      [during, iterating, another].map((error) => [
+        (error as Error).name,
+        (error as Error).message,
+      ]),
+      [
+        [
+          "ConcurrencyError",
+          "Cannot recv(): recvStreaming() is reading a message; read it to its end first",
+        ],
+        [
+          "ConcurrencyError",
+          "Cannot iterate over messages: recvStreaming() is reading a message; read it to its end first",
+        ],
+        ["ConcurrencyError", "Cannot recvStreaming: another recvStreaming() is reading a message"],
+      ],
+    );
+  } finally {
+    await ws.close();
+    await server.close();
+  }
+});
+
+Deno.test("connection: recvStreaming() while recv() waits is a ConcurrencyError", async () => {
+  const result = deferred<unknown>();
+  const { server, uri } = serveLocal(async (ws) => {
+    const waiting = ws.recv();
+    try {
+      ws.recvStreaming();
+    } catch (error) {
+      result.resolve(error);
+    }
+    await waiting;
+  });
+  const ws = await connect(uri);
+  try {
+    const error = await within(result.promise, 5000, "error");
+    assert.deepEqual([(error as Error).name, (error as Error).message], [
+      "ConcurrencyError",
+      "Cannot recvStreaming: recv() or an iteration is waiting for a message",
+    ]);
+    await ws.send("unblock");
+  } finally {
+    await ws.close();
+    await server.close();
+  }
+});
+
+Deno.test("connection: leaving a recvStreaming() loop early drops the rest of that message", async () => {
+  const result = deferred<Message[]>();
+  const { server, uri } = serveLocal(async (ws) => {
+    const got: Message[] = [];
+    for await (const part of ws.recvStreaming()) {
+      got.push(part);
+      break;
+    }
+    got.push(await ws.recv());
+    result.resolve(got);
+  });
+  const ws = await connect(uri, { compression: null });
+  try {
+    // The rest of the first message may come after the loop was left: it is dropped as it comes.
+    await ws.send((async function* () {
+      yield "first part";
+      await delay(50);
+      yield "dropped";
+    })());
+    await ws.send("second message");
+    assert.deepEqual(await within(result.promise, 5000, "result"), [
+      "first part",
+      "second message",
+    ]);
+  } finally {
+    await ws.close();
+    await server.close();
+  }
+});
+
+Deno.test("connection: compressed fragments stream one part per frame", async () => {
+  const parts = deferred<string[]>();
+  const { server, uri } = serveLocal(async (ws) => {
+    parts.resolve(await Array.fromAsync(ws.recvStreaming()) as string[]);
+  });
+  const ws = await connect(uri); // permessage-deflate on both sides by default
+  try {
+    assert.deepEqual(ws.extensions.map((extension) => extension.name), ["permessage-deflate"]);
+    const fragments = ["a".repeat(5000), "b".repeat(5000), "c".repeat(5000)];
+    await ws.send(fragments);
+    assert.deepEqual(await within(parts.promise, 5000, "parts"), fragments);
+  } finally {
+    await ws.close();
+    await server.close();
+  }
+});
+
+Deno.test("connection: reading pauses while a streamed part waits to be taken", async () => {
+  const firstPart = deferred();
+  const resume = deferred();
+  let received = 0;
+  const done = deferred<number>();
+  const { server, uri } = serveLocal(async (ws) => {
+    let total = 0;
+    for await (const part of ws.recvStreaming({ maxSize: Infinity })) {
+      if (total === 0) {
+        firstPart.resolve();
+        await resume.promise;
+      }
+      total += part.length;
+    }
+    done.resolve(total);
+  });
+  const ws = await connect(uri, { compression: null });
+  try {
+    const chunk = new Uint8Array(256 * 1024);
+    const count = 256; // 64 MiB
+    const sending = ws.send((function* () {
+      for (let i = 0; i < count; i++) yield chunk;
+    })());
+    await within(firstPart.promise, 5000, "first part");
+    await delay(500);
+    // While the handler holds its first part, the server reads no more than what the kernel's
+    // buffers let through before TCP pushes back: far less than the 64 MiB being sent.
+    const connection = [...server.connections][0];
+    received = connection.protocol.counters.wireBytesReceived;
+    assert.ok(received < 24 * 1024 * 1024, `${received} bytes read while paused`);
+    resume.resolve();
+    await within(sending, 30_000, "upload");
+    assert.equal(await within(done.promise, 30_000, "all parts"), count * chunk.length);
+  } finally {
+    resume.resolve();
+    await ws.close();
+    await server.close();
+  }
+});

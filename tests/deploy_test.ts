@@ -922,3 +922,44 @@ Deno.test("deploy: the chat example serves its page and broadcasts to everyone",
     await server.close();
   }
 });
+
+Deno.test("deploy: recvStreaming() gives each message whole, as one part", async () => {
+  const parts = deferred<unknown[]>();
+  await withHandler(
+    async (connection) => {
+      const got = [];
+      for (let i = 0; i < 2; i++) got.push(await Array.fromAsync(connection.recvStreaming()));
+      parts.resolve(got);
+    },
+    {},
+    async (url) => {
+      const ws = await connect(`${url}/`, { compression: null });
+      await ws.send(["frag", "mented"]);
+      await ws.send(new Uint8Array([1, 2]));
+      assert.deepEqual(await parts.promise, [["fragmented"], [new Uint8Array([1, 2])]]);
+      await ws.closed;
+    },
+  );
+});
+
+Deno.test("deploy: recvStreaming({ maxSize }) sets the limit of the message it reads", async () => {
+  const sizes = deferred<number[]>();
+  await withHandler(
+    async (connection) => {
+      const parts = await Array.fromAsync(connection.recvStreaming({ maxSize: 100 }));
+      sizes.resolve(parts.map((part) => part.length));
+      await connection.recv();
+    },
+    { maxSize: 10 },
+    async (url) => {
+      const ws = await connect(`${url}/`, { compression: null });
+      await ws.send(new Uint8Array(50));
+      assert.deepEqual(await sizes.promise, [50]);
+      await ws.send(new Uint8Array(50));
+      assert.deepEqual(
+        [(await ws.closed).code, (await ws.closed).reason],
+        [1009, "message too big: 50 bytes exceeds maxSize of 10 bytes"],
+      );
+    },
+  );
+});
