@@ -1,7 +1,8 @@
 // The project's documentation: every relative link in the Markdown points to
 // a file that exists, every #anchor to a heading that exists (with GitHub's
-// heading ids), every option of the API documents its default, and the README
-// stays one short page whose benchmark figures are those of the performance guide.
+// heading ids), every option of the API documents its default, the layout names
+// every library file, and the README stays one short page whose benchmark figures
+// are those of the performance guide.
 
 import assert from "node:assert/strict";
 import { dirname, join, relative } from "node:path";
@@ -342,6 +343,17 @@ Deno.test("docs: the README's performance rows are those of the full results", a
     return Object.fromEntries(Object.keys(row).map((column) => [column, match[column]]));
   });
   assert.deepEqual(sameRows, readme);
+});
+
+Deno.test("docs: the layout in docs/design.md names every library file", async () => {
+  const design = await Deno.readTextFile(join(ROOT, "docs", "design.md"));
+  const unnamed: string[] = [];
+  for await (const entry of Deno.readDir(ROOT)) {
+    if (entry.isFile && entry.name.endsWith(".ts") && !design.includes(`\`${entry.name}\``)) {
+      unnamed.push(entry.name);
+    }
+  }
+  assert.deepEqual(unnamed.sort(), []);
 });
 
 Deno.test("docs: README.md stays under 12 KB", async () => {
