@@ -352,20 +352,25 @@ async function tlsInTls(
   });
   const onAbort = () => socket.destroy();
   options.signal.addEventListener("abort", onAbort, { once: true });
+  let onError: ((error: Error) => void) | undefined;
+  let onClose: (() => void) | undefined;
   try {
     await new Promise<void>((resolve, reject) => {
+      onError = reject;
+      onClose = () => reject(options.signal.reason ?? new Deno.errors.UnexpectedEof());
       socket.once("secureConnect", () => resolve());
-      socket.once("error", reject);
-      socket.once("close", () => reject(options.signal.reason ?? new Deno.errors.UnexpectedEof()));
+      socket.once("error", onError);
+      socket.once("close", onClose);
     });
   } catch (error) {
+    socket.on("error", () => {}); // whatever else it reports while going away
     socket.destroy();
     options.signal.throwIfAborted();
     throw error;
   } finally {
     options.signal.removeEventListener("abort", onAbort);
+    socket.off("error", onError!);
+    socket.off("close", onClose!);
   }
-  socket.removeAllListeners("error");
-  socket.removeAllListeners("close");
   return new SocketTransport(socket, { localAddr: conn.localAddr, remoteAddr: conn.remoteAddr });
 }

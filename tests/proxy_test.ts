@@ -23,7 +23,7 @@ import {
   freePort,
   HOST,
   IN_CI,
-  type RawPeer,
+  RawPeer,
   RawServer,
   rejection,
   selfSignedCert,
@@ -1195,5 +1195,46 @@ proxyTest(
       assert.ok(error instanceof Error && /certificate/i.test(error.message), String(error));
     }
     await proxy.logMatching(new RegExp(`CONNECT localhost:${server.port}[^]*CONNECT localhost`));
+  },
+);
+
+proxyTest(
+  undefined,
+  "raw: silence after an https: proxy's 200 (TLS inside TLS) is HandshakeTimeout",
+  async () => {
+    await using tls = await selfSignedCert();
+    const listener = Deno.listenTls({ hostname: HOST, port: 0, cert: tls.cert, key: tls.key });
+    const closed = deferred<Uint8Array>();
+    const serving = (async () => {
+      const conn = await listener.accept();
+      const peer = new RawPeer(conn);
+      try {
+        await peer.readHead();
+        await peer.write("HTTP/1.1 200 Connection established\r\n\r\n");
+        closed.resolve(await peer.readToEnd()); // the client's TLS hello, then its close
+      } finally {
+        peer.close();
+      }
+    })();
+    try {
+      const error = await rejection(
+        connect(`wss://localhost:9/`, {
+          proxy: `https://localhost:${listener.addr.port}`,
+          caCerts: [tls.cert],
+          openTimeout: 500,
+        }),
+      );
+      assert.ok(error instanceof HandshakeTimeout);
+      assert.equal(
+        error.message,
+        "opening handshake timed out after 500 ms (openTimeout) " +
+          `waiting for proxy https://localhost:${listener.addr.port}`,
+      );
+      const hello = await within(closed.promise, 10_000, "the client closing");
+      assert.equal(hello[0], 0x16); // a TLS handshake record: the inner ClientHello
+    } finally {
+      listener.close();
+      await serving;
+    }
   },
 );
