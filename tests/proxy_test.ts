@@ -452,7 +452,9 @@ proxyTest("microsocks", "ws: through a SOCKS5 proxy: microsocks logs the tunnel"
 
 proxyTest("microsocks", "wss: through a SOCKS5 proxy with credentials (RFC 1929)", async () => {
   await using tls = await selfSignedCert();
-  await using server = new EchoServer({ tls, uriHost: "localhost" });
+  // socks5: the client resolves localhost and sends the first address: the server listens there.
+  const { address } = await lookup("localhost");
+  await using server = new EchoServer({ tls, hostname: address, uriHost: "localhost" });
   await using proxy = await Microsocks.start({ auth: ["bob", "hunter2"] });
   const ws = await connect(server.uri, {
     proxy: proxy.url("socks5", "bob:hunter2"),
