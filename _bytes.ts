@@ -1,11 +1,12 @@
 /**
- * Bytes: what counts as bytes (`isBytes`, `toBytes`), how to name what
- * doesn't (`describeType`), joining pieces into one buffer (`concat`,
+ * Bytes: what counts as bytes (`isBytes`, `toBytes`), joining pieces into one buffer (`concat`,
  * `copyAll`) and the one slab that small buffers are cut from (`allocate`).
  * Runtime-neutral: the protocol core and the connections both use it.
  *
  * @module
  */
+
+import { describeType } from "./_describe.ts";
 
 /**
  * Bytes in any of their usual forms: `Uint8Array` (and Node's `Buffer`),
@@ -54,13 +55,6 @@ export function isBytes(value: unknown): value is BinaryData {
     (typeof SharedArrayBuffer !== "undefined" && value instanceof SharedArrayBuffer);
 }
 
-/** The type of `value` for an error message: `null`, its class name, or `typeof`. */
-export function describeType(value: unknown): string {
-  if (value === null) return "null";
-  if (typeof value === "object") return (value as object).constructor?.name ?? "object";
-  return typeof value;
-}
-
 /** Copies `parts[0, count)` one after the other into `out`, from its start; returns `out`. */
 export function copyAll(
   out: Uint8Array,
@@ -97,11 +91,17 @@ export const SLAB_MAX = 1024;
 let slab = new Uint8Array(SLAB_SIZE);
 let slabOffset = 0;
 
-/** New zero-filled bytes whose `byteOffset` is `phase` (0 to 7) modulo 8. */
+/**
+ * New zero-filled bytes with a buffer of their own (safe to hand to users),
+ * whose `byteOffset` is `phase` (0 to 7).
+ */
+export function allocateOwn(length: number, phase: number): Uint8Array {
+  return phase === 0 ? new Uint8Array(length) : new Uint8Array(length + phase).subarray(phase);
+}
+
+/** New zero-filled bytes whose `byteOffset` is `phase` (0 to 7) modulo 8: a slab view when small. */
 export function allocate(length: number, phase: number): Uint8Array {
-  if (length > SLAB_MAX) {
-    return phase === 0 ? new Uint8Array(length) : new Uint8Array(length + phase).subarray(phase);
-  }
+  if (length > SLAB_MAX) return allocateOwn(length, phase);
   // (A slab whose buffer was transferred away has length 0: replaced too.)
   if (slabOffset + phase + length > slab.length) {
     slab = new Uint8Array(SLAB_SIZE);

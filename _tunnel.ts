@@ -15,6 +15,7 @@
 import { Duplex } from "node:stream";
 import { connect as connectNodeTls, type TLSSocket } from "node:tls";
 import { lookup } from "node:dns/promises";
+import { describeError } from "./_describe.ts";
 import { SocketTransport } from "./_node_net.ts";
 import type { Proxy } from "./_proxy.ts";
 import { parseIp } from "./_proxy.ts";
@@ -39,10 +40,6 @@ export interface TunnelOptions {
 type ProxyConn = Deno.TcpConn | Deno.TlsConn;
 
 const encoder = new TextEncoder();
-
-function describe(error: unknown): string {
-  return (error instanceof Error ? error.message : String(error)).replace(/\s*\n\s*/g, " ");
-}
 
 function closeQuietly(conn: { close(): void }): void {
   try {
@@ -78,7 +75,9 @@ export async function openTunnel(
     }
   } catch (error) {
     signal.throwIfAborted();
-    throw new ProxyError(proxy.display, `cannot connect: ${describe(error)}`, { cause: error });
+    throw new ProxyError(proxy.display, `cannot connect: ${describeError(error)}`, {
+      cause: error,
+    });
   }
   const onAbort = () => closeQuietly(conn);
   signal.addEventListener("abort", onAbort, { once: true });
@@ -89,7 +88,7 @@ export async function openTunnel(
         await (conn as Deno.TlsConn).handshake();
       } catch (error) {
         signal.throwIfAborted();
-        throw new ProxyError(proxy.display, `TLS handshake failed: ${describe(error)}`, {
+        throw new ProxyError(proxy.display, `TLS handshake failed: ${describeError(error)}`, {
           cause: error,
         });
       }
@@ -133,7 +132,7 @@ class ProxyIO {
 
   #lost(error: unknown, what: string): never {
     this.signal.throwIfAborted();
-    throw new ProxyError(this.proxy.display, `connection lost ${what}: ${describe(error)}`, {
+    throw new ProxyError(this.proxy.display, `connection lost ${what}: ${describeError(error)}`, {
       cause: error,
     });
   }
@@ -217,7 +216,7 @@ async function httpConnect(
     }
   } catch (error) {
     if (error instanceof ProxyError || io.signal.aborted) throw error;
-    throw new InvalidProxyMessage(proxy.display, describe(error), { cause: error });
+    throw new InvalidProxyMessage(proxy.display, describeError(error), { cause: error });
   }
   const { message: response, rest } = result;
   if (response.statusCode < 200 || response.statusCode > 299) {
@@ -320,7 +319,7 @@ async function socksAddress(proxy: Proxy, host: string): Promise<number[]> {
     try {
       ({ address } = await lookup(host));
     } catch (error) {
-      throw new ProxyError(proxy.display, `cannot resolve ${host}: ${describe(error)}`, {
+      throw new ProxyError(proxy.display, `cannot resolve ${host}: ${describeError(error)}`, {
         cause: error,
       });
     }

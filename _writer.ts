@@ -23,7 +23,7 @@ export function concatChunks(chunks: Uint8Array[], count: number, length: number
     while (i < count && chunks[i] === lastChunks[i]) i++;
     if (i === count) return lastJoined;
   }
-  const data = join(chunks, count, length);
+  const data = joinIntoSlab(chunks, count, length);
   if (length > JOIN_CACHE_MAX) return data;
   lastChunks.length = count;
   for (let i = 0; i < count; i++) lastChunks[i] = chunks[i];
@@ -62,7 +62,7 @@ export function splitForWrite(chunks: Uint8Array[], count: number): Uint8Array[]
       const head = small < SLAB_MAX ? SLAB_MAX - small : 0;
       const group = chunks.slice(start, i);
       if (head !== 0) group.push(chunk.subarray(0, head));
-      pieces.push(join(group, group.length, small + head));
+      pieces.push(joinIntoSlab(group, group.length, small + head));
       pieces.push(head === 0 ? chunk : chunk.subarray(head));
     }
     start = i + 1;
@@ -70,13 +70,13 @@ export function splitForWrite(chunks: Uint8Array[], count: number): Uint8Array[]
   }
   if (start < count) {
     const group = chunks.slice(start, count);
-    pieces.push(join(group, group.length, small));
+    pieces.push(joinIntoSlab(group, group.length, small));
   }
   return pieces;
 }
 
 // Small joins are cut from the slab (see allocate()); a view's bytes are never written again,
 // so a write in flight keeps its bytes.
-function join(chunks: Uint8Array[], count: number, length: number): Uint8Array {
+function joinIntoSlab(chunks: Uint8Array[], count: number, length: number): Uint8Array {
   return copyAll(allocate(length, 0), chunks, count);
 }

@@ -9,7 +9,8 @@
  * @module
  */
 
-import { type BinaryData, describeType, isBytes, toBytes } from "./_bytes.ts";
+import { type BinaryData, isBytes, toBytes } from "./_bytes.ts";
+import { describeType } from "./_describe.ts";
 import { type Message, MessageQueue } from "./_message_queue.ts";
 import type { SharedFrames } from "./_shared_frames.ts";
 import { ConcurrencyError, ConnectionClosed, ConnectionClosedOK, InvalidState } from "./errors.ts";

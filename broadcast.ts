@@ -15,7 +15,8 @@
  * @module
  */
 
-import { type BinaryData, describeType, isBytes, toBytes } from "./_bytes.ts";
+import { type BinaryData, isBytes, toBytes } from "./_bytes.ts";
+import { describeType } from "./_describe.ts";
 import type { SharedFrames } from "./_shared_frames.ts";
 import type { Connection } from "./abstract_connection.ts";
 import { ConcurrencyError } from "./errors.ts";

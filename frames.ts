@@ -18,7 +18,7 @@
  * @module
  */
 
-import { allocate } from "./_bytes.ts";
+import { allocate, allocateOwn } from "./_bytes.ts";
 import { PayloadTooBig, ProtocolError } from "./errors.ts";
 
 /**
@@ -945,7 +945,7 @@ export class FrameReader {
     const phase = key === 0 ? 0 : (buffer.byteOffset + position) & 7;
     let data: Uint8Array;
     try {
-      data = phase === 0 ? new Uint8Array(length) : new Uint8Array(length + phase).subarray(phase);
+      data = allocateOwn(length, phase);
     } catch {
       // Only without a limit (maxSize: Infinity) can a length be too big to allocate.
       throw new PayloadTooBig(length, this.maxSize, "is more than can be allocated");

@@ -41,7 +41,8 @@
  */
 
 import { broadcast, type SlowConnectionPolicy } from "./broadcast.ts";
-import { type BinaryData, describeType, isBytes, toBytes } from "./_bytes.ts";
+import { type BinaryData, isBytes, toBytes } from "./_bytes.ts";
+import { describeError, describeType } from "./_describe.ts";
 import type { Connection } from "./abstract_connection.ts";
 import { ConcurrencyError, InvalidState, WebSocketError } from "./errors.ts";
 
@@ -216,13 +217,9 @@ function hex(byte: number): string {
   return byte.toString(16).padStart(2, "0");
 }
 
-function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}
-
 function toBackplaneError(error: unknown, context: string): BackplaneError {
   if (error instanceof BackplaneError) return error;
-  return new BackplaneError(`${context}: ${describe(error)}`, { cause: error });
+  return new BackplaneError(`${context}: ${describeError(error)}`, { cause: error });
 }
 
 // ---------------------------------------------------------------- room
@@ -682,7 +679,9 @@ function watchClient(
     if (down) return;
     down = true;
     onError(
-      new BackplaneError(`Redis ${role} connection failed: ${describe(error)}`, { cause: error }),
+      new BackplaneError(`Redis ${role} connection failed: ${describeError(error)}`, {
+        cause: error,
+      }),
     );
   };
   const onReady = () => (down = false);
