@@ -106,6 +106,8 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
   #ended = false;
   // The message recvStreaming() reads, until its consumer took its last part or left.
   #stream: PartStream | undefined;
+  // Whether the application took a message and hasn't asked for another one since.
+  #handedOut = false;
 
   /**
    * Whether the connection is closed and its close error is
@@ -149,6 +151,7 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
     if (waiter !== undefined) {
       stream.waiter = undefined;
       if (last) this.#stream = undefined;
+      this.#handedOut = true;
       waiter.resolve({ value: part, done: false });
       return;
     }
@@ -167,10 +170,36 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
     const waiter = this.#recvWaiter;
     if (waiter !== undefined) {
       this.#recvWaiter = this.#recvWaiters?.shift();
+      this.#handedOut = true;
       waiter.resolve(waiter.iterating ? { value: message, done: false } : message);
       return;
     }
     (this.#messages ??= []).push(message);
+  }
+
+  /**
+   * Whether the application has caught up with the messages received: none
+   * waits in the queue, and it asked for another one after taking the last
+   * (or never took one), so it is done with everything it was given.
+   */
+  protected get caughtUp(): boolean {
+    const stream = this.#stream;
+    return !this.#handedOut && this.messagesQueued === 0 &&
+      (stream === undefined || stream.head === stream.parts.length);
+  }
+
+  /**
+   * Called when the application asks for a message (or the next part of
+   * the message `recvStreaming()` reads) and none is queued: it has caught
+   * up (see `caughtUp`). Called once its wait is registered.
+   */
+  protected waitingForMessage(): void {}
+
+  #addWaiter(waiter: RecvWaiter): void {
+    if (this.#recvWaiter === undefined) this.#recvWaiter = waiter;
+    else (this.#recvWaiters ??= []).push(waiter);
+    this.#handedOut = false;
+    this.waitingForMessage();
   }
 
   /** Number of received messages waiting to be read. */
@@ -207,6 +236,7 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
     const message = messages[this.#messagesHead];
     (messages as (Message | undefined)[])[this.#messagesHead] = undefined;
     this.#messagesHead++;
+    this.#handedOut = true;
     if (this.#messagesHead === messages.length) {
       this.#messages = undefined;
       this.#messagesHead = 0;
@@ -262,8 +292,7 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
           reject(error);
         };
       }
-      if (this.#recvWaiter === undefined) this.#recvWaiter = waiter;
-      else (this.#recvWaiters ??= []).push(waiter);
+      this.#addWaiter(waiter);
     });
   }
 
@@ -292,8 +321,7 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
             resolve: resolve as RecvWaiter["resolve"],
             reject,
           };
-          if (this.#recvWaiter === undefined) this.#recvWaiter = waiter;
-          else (this.#recvWaiters ??= []).push(waiter);
+          this.#addWaiter(waiter);
         });
       },
       return: (): Promise<IteratorResult<Message>> => {
@@ -380,6 +408,7 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
         if (stream.head < stream.parts.length) {
           const part = stream.parts[stream.head];
           (stream.parts as (Message | undefined)[])[stream.head++] = undefined;
+          this.#handedOut = true;
           if (stream.head === stream.parts.length) {
             stream.parts = [];
             stream.head = 0;
@@ -399,6 +428,8 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
         }
         return new Promise<IteratorResult<Message>>((resolve, reject) => {
           stream.waiter = { iterating: true, resolve: resolve as RecvWaiter["resolve"], reject };
+          this.#handedOut = false;
+          this.waitingForMessage();
         });
       },
       return: (): Promise<IteratorResult<Message>> => {

@@ -95,6 +95,9 @@ export interface ConnectionOptions {
   /**
    * Time for the closing handshake and the TCP close, in ms; then the socket
    * is closed (and `closed` reports 1006 when no close frame came back).
+   * When the peer breaks the protocol, it is also the longest the close
+   * frame waits for the application to read the messages that came before
+   * the violation (it goes as soon as the application asks for the next).
    *
    * @default {10_000}
    */
@@ -207,7 +210,7 @@ export abstract class Connection extends MessageQueue implements AsyncDisposable
   readonly maxQueue: number;
   /** High-water mark of the outgoing buffer that `send()` waits under. */
   readonly writeLimit: number;
-  /** Time allowed for the closing handshake, in ms. */
+  /** Time allowed for the closing handshake, in ms (and for reading what came before a violation). */
   readonly closeTimeout: number;
   /** Interval between keepalive pings in ms, or `null`. */
   readonly pingInterval: number | null;

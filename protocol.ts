@@ -236,6 +236,16 @@ export interface ProtocolOptions {
    * @default {undefined} (no logging)
    */
   logger?: Logger;
+  /**
+   * Hold the close frame of a violation found in received data until
+   * {@linkcode Protocol.prototype.completeFailure}, so that the messages
+   * received before it can be answered first (see
+   * {@linkcode Protocol.prototype.failurePending}). `StreamConnection` turns
+   * it on.
+   *
+   * @default {false} (the close frame is queued at once)
+   */
+  deferFailure?: boolean;
 }
 
 const EOF = new Uint8Array(0);
@@ -314,6 +324,15 @@ class Fragments {
     if (parts.length === 1) return parts[0];
     return concat(parts, this.size);
   }
+}
+
+// The close code and reason to fail the connection with for `error` (1002, 1007, 1009 or 1011),
+// and the error to remember as the failure.
+function failureClose(error: unknown): [number, string, Error] {
+  if (error instanceof ProtocolError) return [error.code, error.message, error];
+  if (error instanceof PayloadTooBig) return [CloseCode.MESSAGE_TOO_BIG, error.message, error];
+  if (error instanceof Error) return [CloseCode.INTERNAL_ERROR, "internal error", error];
+  return [CloseCode.INTERNAL_ERROR, "internal error", new Error(String(error))];
 }
 
 // A text frame whose payload is arriving in pieces: how much of it was validated, and, for a
@@ -398,6 +417,12 @@ export abstract class Protocol {
   handshakeError: Error | undefined;
   /** The error that made this side fail the connection (protocol violation, message too big…), if any. */
   failure: Error | undefined;
+  /**
+   * Whether a violation found in received data waits for
+   * {@linkcode Protocol.prototype.completeFailure} to send its close frame;
+   * see {@linkcode ProtocolOptions.deferFailure}. Set it before data arrives.
+   */
+  deferFailure: boolean;
   /** Whether the end of the incoming stream was received. */
   eofReceived = false;
   /** Whether the end of the outgoing stream was requested. */
@@ -434,6 +459,8 @@ export abstract class Protocol {
   #sendOpcode: Opcode | undefined;
   #sendOptions: EncodeOptions | undefined;
   #discarding = false;
+  // The close frame of a failure held back by deferFailure.
+  #pendingFailure: { code: number; reason: string } | undefined;
   // Set by streamMessage(): the size limit of the message delivered as fragment events, and its
   // bytes so far (0 otherwise).
   #streamMaxSize: number | undefined;
@@ -442,6 +469,7 @@ export abstract class Protocol {
   /** Creates the shared state; see {@linkcode ProtocolOptions}. */
   constructor(options: ProtocolOptions = {}) {
     this.maxSize = options.maxSize ?? DEFAULT_MAX_SIZE;
+    this.deferFailure = options.deferFailure ?? false;
     this.logger = options.logger;
     this.httpLimits = options.httpLimits;
   }
@@ -617,12 +645,74 @@ export abstract class Protocol {
       // The reader and the extensions check a frame against what is left of
       // maxSize: report the size of the whole message against maxSize itself.
       const maxSize = this.#recvMaxSize;
-      this.failOnError(
-        error instanceof PayloadTooBig && error.maxSize !== maxSize
-          ? new PayloadTooBig(this.#recvSize + error.size, maxSize)
-          : error,
-      );
+      const failure = error instanceof PayloadTooBig && error.maxSize !== maxSize
+        ? new PayloadTooBig(this.#recvSize + error.size, maxSize)
+        : error;
+      if (this.deferFailure && this.#state === State.OPEN) {
+        // RFC 6455 §7.1.7: nothing after the violation is processed; what came before it was
+        // valid, and the caller lets its messages be answered before completeFailure().
+        const [code, reason, cause] = failureClose(failure);
+        if (this.failure === undefined) this.failure = cause;
+        this.#pendingFailure = { code, reason };
+        this.logger?.debug(`! failing connection with code ${code}: ${reason} (held)`);
+        this.#discarding = true;
+      } else {
+        this.failOnError(failure);
+      }
     }
+  }
+
+  /**
+   * Whether this side found a violation in the data received (`failure`
+   * says which) and holds back its close frame, with
+   * {@linkcode ProtocolOptions.deferFailure}: nothing received is processed
+   * any more, the state stays OPEN so that the messages received before the
+   * violation can still be answered, and
+   * {@linkcode Protocol.prototype.completeFailure} sends the close frame.
+   * `sendClose()` and `failConnection()` send it too (with the violation's
+   * code); the end of the stream drops it.
+   *
+   * @example
+   * ```ts
+   * import { Frame, Opcode } from "@denows/websockets/frames";
+   * import { ServerProtocol } from "@denows/websockets/protocol";
+   * import { Request } from "@denows/websockets/http11";
+   * import { Headers } from "@denows/websockets/headers";
+   * const server = new ServerProtocol({ deferFailure: true });
+   * server.sendResponse(server.accept(new Request("/", new Headers({
+   *   Host: "example.com", Upgrade: "websocket", Connection: "Upgrade",
+   *   "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13",
+   * }))));
+   * server.dataToSend();
+   * server.receiveData(new Uint8Array([
+   *   ...new Frame(Opcode.TEXT, new TextEncoder().encode("hi")).serialize({ mask: true }),
+   *   0xf1, 0x80, 0, 0, 0, 0, // a frame with a reserved bit set
+   * ]));
+   * console.log(server.eventsReceived(), server.failurePending); // [ { type: "message", data: "hi" } ] true
+   * server.sendText("hi"); // the answer goes first
+   * server.completeFailure(); // then the close frame (1002)
+   * console.log(server.dataToSend().length); // 3: the answer, the close frame, the end of the stream
+   * ```
+   */
+  get failurePending(): boolean {
+    return this.#pendingFailure !== undefined;
+  }
+
+  /**
+   * Sends the close frame of the failure held back (see
+   * {@linkcode Protocol.prototype.failurePending}); does nothing when none is.
+   *
+   * @example
+   * ```ts
+   * import { ServerProtocol } from "@denows/websockets/protocol";
+   * const server = new ServerProtocol({ deferFailure: true });
+   * server.completeFailure(); // nothing is held: nothing happens
+   * console.log(server.failurePending); // false
+   * ```
+   */
+  completeFailure(): void {
+    const pending = this.#pendingFailure;
+    if (pending !== undefined) this.fail(pending.code, pending.reason, undefined);
   }
 
   /**
@@ -679,6 +769,7 @@ export abstract class Protocol {
     if (this.#state !== State.CLOSED) this.setState(State.CLOSED);
     if (!this.eofSent) this.sendEof();
     this.#discarding = true;
+    this.#pendingFailure = undefined;
   }
 
   /** Handles handshake bytes; returns the bytes that followed the handshake, if complete. */
@@ -689,15 +780,8 @@ export abstract class Protocol {
 
   /** Fails the connection with the close code that fits `error` (1002, 1007, 1009 or 1011). */
   protected failOnError(error: unknown): void {
-    if (error instanceof ProtocolError) {
-      this.fail(error.code, error.message, error);
-    } else if (error instanceof PayloadTooBig) {
-      this.fail(CloseCode.MESSAGE_TOO_BIG, error.message, error);
-    } else if (error instanceof Error) {
-      this.fail(CloseCode.INTERNAL_ERROR, "internal error", error);
-    } else {
-      this.fail(CloseCode.INTERNAL_ERROR, "internal error", new Error(String(error)));
-    }
+    const [code, reason, cause] = failureClose(error);
+    this.fail(code, reason, cause);
   }
 
   /** Handles one incoming frame: data frames are reassembled into messages. */
@@ -1037,6 +1121,10 @@ export abstract class Protocol {
    */
   sendClose(code?: number, reason: string = ""): void {
     this.checkCanSend("close frame");
+    if (this.#pendingFailure !== undefined) {
+      this.completeFailure(); // the peer learns why
+      return;
+    }
     const close = code === undefined
       ? new Close(CloseCode.NO_STATUS_RCVD, "")
       : new Close(code, reason);
@@ -1058,6 +1146,13 @@ export abstract class Protocol {
 
   /** Fails the connection with `code`, remembering `error` as the failure. */
   protected fail(code: number, reason: string, error: Error | undefined): void {
+    const pending = this.#pendingFailure;
+    if (pending !== undefined) {
+      // A violation found earlier is the first reason to fail: its close frame goes now.
+      this.#pendingFailure = undefined;
+      code = pending.code;
+      reason = pending.reason;
+    }
     if (error !== undefined && this.failure === undefined) this.failure = error;
     this.logger?.debug(`! failing connection with code ${code}: ${reason}`);
     if (this.#state === State.OPEN) {

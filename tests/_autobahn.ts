@@ -10,7 +10,7 @@
  * ends (who closed, which close code, whether the closing handshake
  * completed), and grades that like the suite: the events must equal one of
  * the expected lists (OK or NON-STRICT) and the close must match the
- * expected close. On top of the suite's own grading, anything the peer
+ * expected close; `passed()` accepts OK (and INFORMATIONAL), not NON-STRICT. On top of the suite's own grading, anything the peer
  * under test does wrong on the wire (unmasked client frames, reserved bits,
  * invalid UTF-8, frames after its close frame…) fails the case, and so
  * does a peer that never reacts to a protocol violation.
@@ -508,9 +508,8 @@ export interface Case {
   /** Adjusts the verdict once the connection is closed. */
   onConnectionLost?(peer: Peer, result: CaseResult): void;
   /**
-   * Verdicts that count as passing for this case. Default: OK, NON-STRICT
-   * (graded only where the suite lists it, and not a failure there) and
-   * INFORMATIONAL.
+   * Verdicts that count as passing for this case. Default: OK and
+   * INFORMATIONAL; NON-STRICT (graded only where the suite lists it) fails.
    */
   allowed?: Behavior[];
   /** Upper bound for the whole case in ms (default 10 000). */
@@ -539,7 +538,7 @@ export interface CaseResult {
 
 /** Whether a result counts as passing for its case. */
 export function passed(testCase: Case, result: CaseResult): boolean {
-  const allowed = testCase.allowed ?? ["OK", "NON-STRICT", "INFORMATIONAL"];
+  const allowed = testCase.allowed ?? ["OK", "INFORMATIONAL"];
   return allowed.includes(result.behavior) &&
     (result.behaviorClose === "OK" || result.behaviorClose === "INFORMATIONAL");
 }
@@ -1910,8 +1909,6 @@ function utf8Cases(): Case[] {
       id,
       description: "Send invalid UTF-8 text message in 3 frames with pauses; the second " +
         "frame makes it invalid",
-      // Text is validated frame by frame: failing at the second frame is expected here.
-      allowed: ["OK"],
       onOpen(peer) {
         expectFail(peer, [INVALID_PAYLOAD], [timeout("A")], [timeout("A"), timeout("B")], true);
         peer.sendFrame({ opcode: 1, payload: parts[0], fin: false });
@@ -1938,7 +1935,8 @@ function utf8Cases(): Case[] {
       id,
       description: "Send invalid UTF-8 text message in one frame written in 3 chops with " +
         "pauses; the second chop makes it invalid",
-      // Failing when the frame is complete instead of at the second chop is NON-STRICT.
+      // Failing when the frame is complete instead of at the second chop is NON-STRICT: text
+      // is validated as it arrives.
       onOpen(peer) {
         expectFail(peer, [INVALID_PAYLOAD], [timeout("A")], [timeout("A"), timeout("B")], true);
         const [header, key] = peer.frameHeader(1, whole.length);

@@ -6,7 +6,7 @@
  * client that echoes every message (as a suite client runner does).
  *
  * Each test runs one category in one role and lists every case that the
- * suite would not grade OK (or NON-STRICT where the suite allows it).
+ * suite would not grade OK (or INFORMATIONAL): NON-STRICT fails too.
  */
 
 import assert from "node:assert/strict";

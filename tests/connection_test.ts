@@ -3,6 +3,7 @@
 // misbehaving raw-socket peer.
 
 import assert from "node:assert/strict";
+import { concat } from "../_bytes.ts";
 import { connect } from "../client.ts";
 import { type CloseResult, type Message, StreamConnection, type Transport } from "../connection.ts";
 import { ConnectionClosedError, ConnectionClosedOK, PayloadTooBig } from "../errors.ts";
@@ -902,6 +903,133 @@ Deno.test("connection: a server receiving invalid UTF-8 text closes with 1007", 
       code: 1007,
       reason: "invalid UTF-8 in text message",
     });
+  } finally {
+    peer.close();
+    await server.close();
+  }
+});
+
+// ---- messages before a protocol violation (RFC 6455 §7.1.7)
+
+/**
+ * A ping, two text messages, a frame with a reserved bit set (a violation: no extension
+ * defines it) and another ping, as one write; masked as a client sends them.
+ */
+function violationAfterMessages(mask: boolean): Uint8Array {
+  const frames = [
+    new Frame(Opcode.PING, encoder.encode("early")),
+    new Frame(Opcode.TEXT, encoder.encode("one")),
+    new Frame(Opcode.TEXT, encoder.encode("two")),
+    new Frame(Opcode.TEXT, encoder.encode("bad"), { rsv2: true }),
+    new Frame(Opcode.PING, encoder.encode("late")),
+  ];
+  return concat(frames.map((frame) => frame.serialize({ mask })));
+}
+
+/** Every frame read until the end of the stream (or a close frame, with `untilClose`). */
+async function framesUntilEnd(
+  peer: RawPeer,
+  fromClient: boolean,
+  untilClose = false,
+): Promise<({ opcode: number; fin: boolean; data: string } | undefined)[]> {
+  const frames = [];
+  for (;;) {
+    const frame = await peer.readFrame(fromClient);
+    if (frame === undefined) return frames;
+    frames.push(
+      frame.opcode === Opcode.CLOSE
+        ? { ...describe(frame)!, data: `${closeOf(frame)?.code}` }
+        : describe(frame),
+    );
+    if (untilClose && frame.opcode === Opcode.CLOSE) return frames;
+  }
+}
+
+const ANSWERED_BEFORE_FAILING = [
+  { opcode: Opcode.PONG, fin: true, data: "early" },
+  { opcode: Opcode.TEXT, fin: true, data: "one" },
+  { opcode: Opcode.TEXT, fin: true, data: "two" },
+  { opcode: Opcode.CLOSE, fin: true, data: "1002" },
+];
+
+Deno.test("connection: a server answers the messages that came before a protocol violation, then closes with 1002", async () => {
+  const { server } = serveLocal(echo);
+  const peer = await rawClient(server.port);
+  try {
+    await peer.write(violationAfterMessages(true));
+    // The pong, the echoes, then the close; nothing after the violation is answered.
+    assert.deepEqual(
+      await within(framesUntilEnd(peer, false), 5000, "frames"),
+      ANSWERED_BEFORE_FAILING,
+    );
+  } finally {
+    peer.close();
+    await server.close();
+  }
+});
+
+Deno.test("connection: a client answers the messages that came before a protocol violation, then closes with 1002", async () => {
+  const frames = deferred<unknown>();
+  const raw = new RawServer(async (peer) => {
+    await acceptRaw(peer);
+    await peer.write(violationAfterMessages(false));
+    frames.resolve(await framesUntilEnd(peer, true, true));
+  });
+  const ws = await connect(raw.uri());
+  try {
+    const error = await rejection((async () => {
+      for await (const message of ws) await ws.send(message);
+    })());
+    assert.ok(error instanceof ConnectionClosedError);
+    assert.deepEqual(await within(frames.promise, 5000, "frames"), ANSWERED_BEFORE_FAILING);
+  } finally {
+    await raw.close();
+  }
+});
+
+Deno.test("connection: closeTimeout bounds how long a failure waits for a handler that stops reading", async () => {
+  const run = async (closeTimeout: number) => {
+    const second = deferred<Message>();
+    const { server } = serveLocal(async (ws) => {
+      await ws.recv(); // takes "one", never asks for "two"…
+      await ws.closed;
+      second.resolve(await ws.recv()); // …which is still there once closed
+    }, { closeTimeout });
+    const peer = await rawClient(server.port);
+    return { server, peer, second: second.promise };
+  };
+  const waiting = await run(60_000);
+  const bounded = await run(300);
+  try {
+    await waiting.peer.write(violationAfterMessages(true));
+    await bounded.peer.write(violationAfterMessages(true));
+    const close = waiting.peer.readFrame().then(() => waiting.peer.readFrame());
+    assert.equal(await pendingAfter(close, 500), true, "no close frame while the handler may read");
+    assert.deepEqual(await within(framesUntilEnd(bounded.peer, false), 5000, "frames"), [
+      { opcode: Opcode.PONG, fin: true, data: "early" },
+      { opcode: Opcode.CLOSE, fin: true, data: "1002" },
+    ]);
+    assert.equal(await within(bounded.second, 5000, "second message"), "two");
+  } finally {
+    for (const { server, peer } of [waiting, bounded]) {
+      peer.close();
+      await server.close();
+    }
+  }
+});
+
+Deno.test("connection: close() while a failure waits sends the violation's close code", async () => {
+  const { server } = serveLocal(async (ws) => {
+    await ws.recv();
+    await ws.close(1000, "bye");
+  });
+  const peer = await rawClient(server.port);
+  try {
+    await peer.write(violationAfterMessages(true));
+    assert.deepEqual(await within(framesUntilEnd(peer, false), 5000, "frames"), [
+      { opcode: Opcode.PONG, fin: true, data: "early" },
+      { opcode: Opcode.CLOSE, fin: true, data: "1002" },
+    ]);
   } finally {
     peer.close();
     await server.close();

@@ -763,6 +763,82 @@ Deno.test("protocol: server fails with 1002 on a 64-bit length with its top bit 
   );
 });
 
+// ---------------------------------------------------------------- Deferred failures
+
+/** A server with deferFailure that received two messages, then a frame with RSV2 set. */
+function heldFailure(): ServerProtocol {
+  const server = openServer({ deferFailure: true });
+  server.receiveData(concat(
+    masked(text("one")),
+    masked(text("two")),
+    masked(new Frame(Opcode.TEXT, utf8("bad"), { rsv2: true })),
+    masked(new Frame(Opcode.PING, utf8("late"))),
+  ));
+  return server;
+}
+
+Deno.test("protocol: with deferFailure, a violation holds its close frame until completeFailure", () => {
+  const server = heldFailure();
+  assert.deepEqual(server.eventsReceived(), [
+    { type: "message", data: "one" },
+    { type: "message", data: "two" },
+  ]);
+  assert.deepEqual(
+    [server.failurePending, server.state, server.failure?.message, output(server)],
+    [true, State.OPEN, "reserved bits must be 0", { frames: [], eof: false }],
+  );
+  // Nothing more is processed, and the answers still go out.
+  feed(server, text("ignored"));
+  assert.deepEqual(server.eventsReceived(), []);
+  server.sendText("one");
+  server.completeFailure();
+  assert.deepEqual(output(server), {
+    frames: [text("one"), closeFrame(1002, "reserved bits must be 0")],
+    eof: true,
+  });
+  assert.deepEqual([server.failurePending, server.state], [false, State.CLOSING]);
+  server.completeFailure(); // nothing held any more
+  assert.deepEqual(output(server), { frames: [], eof: false });
+});
+
+Deno.test("protocol: sendClose or failConnection while a failure is held sends the violation's code", () => {
+  const outcomes = [
+    (server: ServerProtocol) => server.sendClose(1000, "bye"),
+    (server: ServerProtocol) => server.failConnection(1011, "keepalive ping timeout"),
+  ].map((act) => {
+    const server = heldFailure();
+    act(server);
+    return [server.failurePending, output(server), server.closeSent];
+  });
+  const failed = [
+    false,
+    { frames: [closeFrame(1002, "reserved bits must be 0")], eof: true },
+    new Close(1002, "reserved bits must be 0"),
+  ];
+  assert.deepEqual(outcomes, [failed, failed]);
+});
+
+Deno.test("protocol: the end of the stream drops a held failure", () => {
+  const server = heldFailure();
+  server.receiveEof();
+  server.completeFailure();
+  assert.deepEqual(
+    [server.failurePending, server.state, output(server), server.closeError.code],
+    [false, State.CLOSED, { frames: [], eof: true }, 1006],
+  );
+});
+
+Deno.test("protocol: without deferFailure, a violation closes at once after the messages before it", () => {
+  const server = openServer();
+  server.receiveData(concat(
+    masked(text("one")),
+    masked(new Frame(Opcode.TEXT, utf8("bad"), { rsv2: true })),
+  ));
+  assert.deepEqual(server.eventsReceived(), [{ type: "message", data: "one" }]);
+  assert.equal(server.failurePending, false);
+  assertFailed(server, 1002, "reserved bits must be 0", ProtocolError);
+});
+
 Deno.test("protocol: server fails with 1007 on invalid UTF-8 in a single text frame", () => {
   const server = openServer();
   feed(server, new Frame(Opcode.TEXT, new Uint8Array([0x61, 0xff])));
