@@ -412,11 +412,8 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
           if (stream.head === stream.parts.length) {
             stream.parts = [];
             stream.head = 0;
-            if (stream.last) {
-              if (this.#stream === stream) this.#stream = undefined;
-            } else {
-              this.#queueSpaceFreed();
-            }
+            if (stream.last && this.#stream === stream) this.#stream = undefined;
+            this.#queueSpaceFreed();
           }
           return Promise.resolve({ value: part, done: false });
         }

@@ -1420,3 +1420,27 @@ Deno.test("connection: reading pauses while a streamed part waits to be taken", 
     await server.close();
   }
 });
+
+Deno.test("connection: reading goes on once the last part of a streamed message is taken", async () => {
+  // Both frames come in one read: the last part waits in the queue (reading pauses) until
+  // taken, and taking it must let reading resume.
+  const { server } = serveLocal(async (ws) => {
+    await ws.send(JSON.stringify(await Array.fromAsync(ws.recvStreaming())));
+    await ws.send(`then ${await ws.recv()}`);
+  });
+  const peer = await rawClient(server.port);
+  try {
+    const first = clientFrame(Opcode.TEXT, "abc", false);
+    const last = clientFrame(Opcode.CONT, "de", true);
+    const both = new Uint8Array(first.length + last.length);
+    both.set(first);
+    both.set(last, first.length);
+    await peer.write(both);
+    const streamed = await nextText(peer);
+    await peer.write(clientFrame(Opcode.TEXT, "next", true));
+    assert.deepEqual([streamed, await nextText(peer)], ['["abc","de"]', "then next"]);
+  } finally {
+    peer.close();
+    await server.close();
+  }
+});
