@@ -13,7 +13,7 @@
  */
 
 import { Duplex } from "node:stream";
-import { connect as connectNodeTls, type TLSSocket } from "node:tls";
+import * as nodeTls from "node:tls";
 import { lookup } from "node:dns/promises";
 import { describeError } from "./_describe.ts";
 import { SocketTransport } from "./_node_net.ts";
@@ -335,6 +335,25 @@ async function socksAddress(proxy: Proxy, host: string): Promise<number[]> {
 
 // --------------------------------------------------------------------------- TLS inside TLS
 
+// node:tls's `ca` replaces the default roots, where Deno's `caCerts` adds to them: add the
+// default roots to `caCerts` when the program may read them (`--allow-sys`; never prompting).
+function trustedByNodeTls(caCerts: string[] | undefined): string[] | undefined {
+  if (caCerts === undefined) return undefined;
+  try {
+    const descriptor = { name: "sys", kind: "ca" } as unknown as Deno.PermissionDescriptor;
+    if (Deno.permissions.querySync(descriptor).state === "granted") {
+      // getCACertificates("default") (newer) has what node:tls trusts without `ca`: the bundled
+      // roots and the extra ones (NODE_EXTRA_CA_CERTS); rootCertificates the bundled ones.
+      const defaults = (nodeTls as { getCACertificates?: (kind: string) => string[] })
+        .getCACertificates?.("default") ?? nodeTls.rootCertificates;
+      return [...defaults, ...caCerts];
+    }
+  } catch {
+    // a runtime without this permission kind: caCerts alone
+  }
+  return caCerts;
+}
+
 // Deno.startTls() takes a TCP connection only, so TLS to the server inside a TLS connection to
 // an `https:` proxy goes through node:tls over the outer connection's streams.
 async function tlsInTls(
@@ -343,11 +362,11 @@ async function tlsInTls(
   options: TunnelOptions,
 ): Promise<Transport> {
   const outer = Duplex.fromWeb({ readable: conn.readable, writable: conn.writable });
-  const socket: TLSSocket = connectNodeTls({
+  const socket: nodeTls.TLSSocket = nodeTls.connect({
     socket: outer,
     servername: parseIp(uri.host) === undefined ? uri.host : undefined,
     host: uri.host,
-    ca: options.caCerts,
+    ca: trustedByNodeTls(options.caCerts),
   });
   const onAbort = () => socket.destroy();
   options.signal.addEventListener("abort", onAbort, { once: true });

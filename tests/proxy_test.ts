@@ -1240,3 +1240,28 @@ proxyTest(
     }
   },
 );
+
+proxyTest(
+  "tinyproxy",
+  "wss: through an https: proxy trusts caCerts and the default roots, given --allow-sys",
+  async () => {
+    await using proxyTls = await selfSignedCert();
+    await using serverTls = await selfSignedCert();
+    await using server = new EchoServer({ tls: serverTls, uriHost: "localhost" });
+    await using proxy = await Tinyproxy.start({ connectPorts: [server.port] });
+    await using front = new TlsFront(proxyTls, proxy.port);
+    // The server's certificate is a default root (NODE_EXTRA_CA_CERTS); the proxy's is in caCerts.
+    const run = (permissions: string[]) =>
+      runEnvClient({ NODE_EXTRA_CA_CERTS: serverTls.certFile }, [
+        `--proxy=https://localhost:${front.port}`,
+        `--ca=${proxyTls.certFile}`,
+        server.uri,
+      ], permissions);
+    assert.deepEqual(await run(["--allow-net", "--allow-read", "--allow-env", "--allow-sys"]), [
+      `${server.uri} remote port ${front.port}`,
+    ]);
+    // Without --allow-sys the default roots can't be read for node:tls: caCerts alone.
+    const [line] = await run(["--allow-net", "--allow-read", "--allow-env"]);
+    assert.match(line, /certificate/);
+  },
+);

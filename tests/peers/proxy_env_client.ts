@@ -1,12 +1,21 @@
-// Connects to each URI given, with connect()'s default proxy (from the environment), and
-// prints one line per URI: `URI remote port N` (the port the client's socket is connected to:
-// the proxy's or the server's) or `URI ErrorName: message`.
+// Connects to each URI given, with connect()'s default proxy (from the environment) unless
+// `--proxy=URL` comes first, trusting the certificates of `--ca=FILE` if given; prints one line
+// per URI: `URI remote port N` (the port the client's socket is connected to: the proxy's or the
+// server's) or `URI ErrorName: message`.
 
-import { connect } from "../../client.ts";
+import { connect, type ConnectOptions } from "../../client.ts";
 
-for (const uri of Deno.args) {
+const options: ConnectOptions = { openTimeout: 10_000 };
+const uris: string[] = [];
+for (const arg of Deno.args) {
+  if (arg.startsWith("--proxy=")) options.proxy = arg.slice("--proxy=".length);
+  else if (arg.startsWith("--ca=")) options.caCerts = [Deno.readTextFileSync(arg.slice(5))];
+  else uris.push(arg);
+}
+
+for (const uri of uris) {
   try {
-    const ws = await connect(uri, { openTimeout: 10_000 });
+    const ws = await connect(uri, options);
     console.log(`${uri} remote port ${(ws.remoteAddr as Deno.NetAddr).port}`);
     await ws.close();
   } catch (error) {
