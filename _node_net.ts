@@ -1,154 +1,314 @@
 /**
- * Private: plain TCP through `node:net` (`serve({ tcp: "node:net" })`), which
- * Deno runs on a libuv-style loop in its runtime. Compared with `Deno.listen`
- * and `Deno.Conn` under the same server code: a write that the kernel takes
- * at once completes synchronously rather than as an async operation, and the
- * event loop only visits sockets that are ready, which keeps fan-out to
- * 10 000 sockets fast; reads come in chunks of at most 64 KiB through Node's
- * stream layer, which makes large messages and single round trips slower.
+ * Private: plain TCP through the TCP handles under `node:net`
+ * (`serve({ tcp: "node:net" })`), which Deno runs on a libuv-style loop in
+ * its runtime. Compared with `Deno.listen` and `Deno.Conn` under the same
+ * server code: a write that the kernel takes at once completes synchronously
+ * rather than as an async operation, and the event loop only visits sockets
+ * that are ready, which keeps fan-out to 10 000 sockets fast.
  *
- * Writes go straight to the socket's handle (`writeBuffer()`, which
- * `socket.write()` ends in) where `process.binding("stream_wrap")` gives the
- * stream state telling a synchronous write from a pending one; otherwise
- * through `socket.write()`.
+ * The handles are used directly, without `net.Socket` and Node's stream
+ * layer above them (which cost about 2 KiB and a dozen objects per
+ * connection, and read at most 64 KiB at a time into a new buffer each):
  *
- * Used for TCP servers on an IP address, where the runtime has what is
- * needed; otherwise the server uses `Deno.listen`.
+ * - reads go into one buffer shared by every socket (`useUserBuffer()`),
+ *   lent for one read: the bytes are copied out at once, so an idle
+ *   connection holds no read buffer; the rest of a large frame's payload is
+ *   read straight into the frame's own buffer instead, up to its whole size;
+ * - writes go to the handle's `writeBuffer()`, and the stream state that
+ *   `node:net` reads after each write tells a synchronous write from a
+ *   pending one.
+ *
+ * Used for TCP servers on an IP address, where the runtime has these
+ * handles; otherwise the server uses `Deno.listen`.
  *
  * @module
  */
 
-import { isIP, type Server as NetServer, type Socket } from "node:net";
-import { createServer } from "node:net";
 import process from "node:process";
 import type { Transport } from "./transport.ts";
 
-const kTransport = Symbol("transport");
-type TransportSocket = Socket & { [kTransport]?: SocketTransport };
-// The internal `node:net` method the listener relies on: it binds and listens synchronously
-// (`listen()` resolves its host first, so the address would only be known later).
-type ListenSync = (address: string, port: number, addressType: number, backlog: number) => void;
+// ---- The handles, as `node:net` uses them underneath ----
 
-/** A `Transport` over a `node:net` socket. */
-export class SocketTransport implements Transport {
-  readonly #socket: Socket;
-  #chunks: Uint8Array[] | undefined;
+/** A TCP handle (`tcp_wrap`'s `TCP`): a listening or a connected socket. */
+interface Handle {
+  readStart(): number;
+  readStop(): number;
+  useUserBuffer(buffer: Uint8Array): void;
+  onread: ((this: Handle, buffer: ArrayBuffer | undefined, nread?: number) => void) | null;
+  writeBuffer(request: WriteRequest, data: Uint8Array): number;
+  shutdown(request: ShutdownRequest): number;
+  close(callback?: () => void): void;
+  setNoDelay(enable: boolean): number;
+  getsockname(out: SocketName): number;
+  getpeername(out: SocketName): number;
+  bind(address: string, port: number): number;
+  bind6(address: string, port: number, flags: number): number;
+  listen(backlog: number): number;
+  accept(client: Handle): number;
+  onconnection: ((this: Handle, status: number) => void) | null;
+  /** The transport reading and writing through this handle. */
+  transport?: HandleTransport;
+}
+interface SocketName {
+  address?: string;
+  port?: number;
+  family?: string;
+}
+interface WriteRequest {
+  oncomplete(this: WriteRequest, status: number): void;
+  transport: HandleTransport;
+  waited: boolean;
+}
+interface ShutdownRequest {
+  oncomplete(this: ShutdownRequest, status: number): void;
+  resolve(): void;
+}
+
+/** What this module needs of the runtime's `node:net` internals. */
+interface Bindings {
+  TCP: new (type: number) => Handle;
+  socket: number;
+  server: number;
+  /** The stream state the handles report each read's and write's outcome in. */
+  state: ArrayLike<number>;
+  readBytesOrError: number;
+  lastWriteWasAsync: number;
+}
+
+let found: Bindings | null | undefined;
+
+/** The handles and stream state, or `undefined` when this runtime doesn't have them. */
+function bindings(): Bindings | undefined {
+  if (found !== undefined) return found ?? undefined;
+  found = null;
+  try {
+    const binding = (process as unknown as { binding(name: string): Record<string, unknown> })
+      .binding;
+    const tcp = binding("tcp_wrap") as {
+      TCP?: Bindings["TCP"];
+      constants?: { SOCKET?: number; SERVER?: number };
+    };
+    const stream = binding("stream_wrap") as {
+      streamBaseState?: ArrayLike<number>;
+      kReadBytesOrError?: number;
+      kLastWriteWasAsync?: number;
+    };
+    const prototype = tcp.TCP?.prototype as Partial<Handle> | undefined;
+    if (
+      typeof tcp.TCP === "function" && prototype !== undefined &&
+      ["readStart", "useUserBuffer", "writeBuffer", "shutdown", "accept", "bind6"].every((name) =>
+        typeof prototype[name as keyof Handle] === "function"
+      ) &&
+      typeof tcp.constants?.SOCKET === "number" && typeof tcp.constants.SERVER === "number" &&
+      stream.streamBaseState !== undefined && typeof stream.kReadBytesOrError === "number" &&
+      typeof stream.kLastWriteWasAsync === "number"
+    ) {
+      found = {
+        TCP: tcp.TCP,
+        socket: tcp.constants.SOCKET,
+        server: tcp.constants.SERVER,
+        state: stream.streamBaseState,
+        readBytesOrError: stream.kReadBytesOrError,
+        lastWriteWasAsync: stream.kLastWriteWasAsync,
+      };
+    }
+  } catch {
+    // not this runtime
+  }
+  return found ?? undefined;
+}
+
+/**
+ * Forgets what {@linkcode bindings} found, so that the next listener looks
+ * again (tests take the handles away to check the fallback to
+ * `Deno.listen`).
+ */
+export function resetBindings(): void {
+  found = undefined;
+}
+
+// libuv's end of stream.
+const UV_EOF = -4095;
+// What one read takes at most, into the shared buffer.
+const READ_SIZE = 256 * 1024;
+// Received bytes kept for a reader that doesn't read (its message queue is full) before the
+// socket stops reading: then TCP pushes back on the peer.
+const KEEP_UNREAD = 64 * 1024;
+// How long a closed socket may take to send what it still holds.
+const LINGER = 5_000;
+
+// The buffer every socket reads into, lent for one read at a time (the bytes are copied out
+// before the next read): an idle connection holds none. Made on the first connection.
+let shared: Uint8Array | undefined;
+
+function sharedBuffer(): Uint8Array {
+  return shared ??= new Uint8Array(READ_SIZE);
+}
+
+function systemError(status: number, what: string): Error {
+  const error = new Deno.errors.ConnectionReset(`${what} failed (status ${status})`);
+  return status === -32 ? new Deno.errors.BrokenPipe(`${what} failed: broken pipe`) : error;
+}
+
+/** A `Transport` over a TCP handle. */
+class HandleTransport implements Transport {
+  readonly #handle: Handle;
+  readonly #bindings: Bindings;
+  // Received and not yet read (only while nobody reads), and their size.
+  #unread: Uint8Array[] | undefined;
+  #unreadBytes = 0;
+  #reading = false;
   #eof = false;
+  #closed = false;
   #error: Error | undefined;
-  #readResolve: ((chunk: Uint8Array | null) => void) | undefined;
+  // The read waiting: a chunk (readChunk) or a count of bytes read into #into (read).
+  #readResolve: ((value: Uint8Array | number | null) => void) | undefined;
   #readReject: ((error: Error) => void) | undefined;
-  // The write waiting for the socket's buffer to drain.
+  #into: Uint8Array | undefined;
+  // The write the handle is finishing, and its size (counted in bufferedAmount).
   #writeResolve: ((count: number) => void) | undefined;
   #writeReject: ((error: Error) => void) | undefined;
   #writeLength = 0;
-  readonly localAddr: Deno.NetAddr;
-  readonly remoteAddr: Deno.NetAddr;
+  #localAddr: Deno.NetAddr | undefined;
+  #remoteAddr: Deno.NetAddr | undefined;
   /** Writes reach the kernel synchronously. */
   readonly syncWrites = true;
 
-  /**
-   * Wraps `socket`; `addrs` replaces the socket's own addresses (a TLS
-   * socket over another stream has none).
-   */
-  constructor(socket: Socket, addrs?: { localAddr: Deno.NetAddr; remoteAddr: Deno.NetAddr }) {
-    this.#socket = socket;
-    (socket as TransportSocket)[kTransport] = this;
-    this.localAddr = addrs?.localAddr ?? netAddr(socket.localAddress, socket.localPort);
-    this.remoteAddr = addrs?.remoteAddr ?? netAddr(socket.remoteAddress, socket.remotePort);
-    socket.on("data", SocketTransport.#onData);
-    socket.on("end", SocketTransport.#onEnd);
-    socket.on("error", SocketTransport.#onError);
-    socket.on("close", SocketTransport.#onEnd);
+  constructor(handle: Handle, found: Bindings) {
+    this.#handle = handle;
+    this.#bindings = found;
+    handle.transport = this;
+    handle.onread = onRead;
+    handle.useUserBuffer(sharedBuffer());
+    handle.setNoDelay(true);
   }
 
-  static #onData = function (this: TransportSocket, chunk: Uint8Array): void {
-    const self = this[kTransport]!;
-    // A Buffer would be handed to the application in messages: make it a plain Uint8Array view.
-    const bytes = new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-    const resolve = self.#readResolve;
-    if (resolve !== undefined) {
-      self.#readResolve = self.#readReject = undefined;
-      resolve(bytes);
+  /** @internal The handle read `nread` bytes into the buffer it was lent, or failed (< 0). */
+  received(nread: number): void {
+    if (nread === 0) return;
+    if (nread < 0) {
+      this.#stopReading();
+      if (nread === UV_EOF) this.#eof = true;
+      else this.#error ??= systemError(nread, "read");
+      if (this.#unread === undefined) this.#settleRead();
       return;
     }
-    // Nobody reads (the message queue is full): keep it, and stop reading.
-    (self.#chunks ??= []).push(bytes);
-    this.pause();
-  };
-
-  static #onEnd = function (this: TransportSocket): void {
-    const self = this[kTransport]!;
-    self.#eof = true;
-    const resolve = self.#readResolve;
-    if (resolve !== undefined && self.#chunks === undefined) {
-      self.#readResolve = self.#readReject = undefined;
-      resolve(null);
+    const into = this.#into;
+    if (into !== undefined) {
+      // A read straight into a frame's buffer: back to the shared buffer for the next one.
+      this.#into = undefined;
+      this.#handle.useUserBuffer(sharedBuffer());
+      const resolve = this.#readResolve!;
+      this.#readResolve = this.#readReject = undefined;
+      resolve(nread);
+      return;
     }
-    if (self.#writeReject !== undefined && this.destroyed) {
-      self.#failWrite(new Deno.errors.BrokenPipe("the socket is closed"));
+    const chunk = sharedBuffer().slice(0, nread);
+    const resolve = this.#readResolve;
+    if (resolve !== undefined) {
+      this.#readResolve = this.#readReject = undefined;
+      resolve(chunk);
+      return;
     }
-  };
+    // Nobody reads right now: keep it; stop reading once enough waits.
+    (this.#unread ??= []).push(chunk);
+    this.#unreadBytes += nread;
+    if (this.#unreadBytes >= KEEP_UNREAD) this.#stopReading();
+  }
 
-  static #onError = function (this: TransportSocket, error: Error): void {
-    const self = this[kTransport]!;
-    self.#error ??= error;
-    const reject = self.#readReject;
-    if (reject !== undefined) {
-      self.#readResolve = self.#readReject = undefined;
-      reject(error);
-    }
-    self.#failWrite(error);
-  };
-
-  static #onDrain = function (this: TransportSocket): void {
-    const self = this[kTransport]!;
-    const resolve = self.#writeResolve;
+  // Ends the waiting read with the end of the stream or the error.
+  #settleRead(): void {
+    const resolve = this.#readResolve, reject = this.#readReject;
     if (resolve === undefined) return;
-    self.#writeResolve = self.#writeReject = undefined;
-    resolve(self.#writeLength);
-  };
+    this.#readResolve = this.#readReject = undefined;
+    if (this.#into !== undefined) {
+      this.#into = undefined;
+      if (!this.#closed) this.#handle.useUserBuffer(sharedBuffer());
+    }
+    if (this.#error !== undefined && !this.#closed) reject!(this.#error);
+    else resolve(null);
+  }
 
-  #failWrite(error: Error): void {
-    const reject = this.#writeReject;
-    if (reject === undefined) return;
-    this.#writeResolve = this.#writeReject = undefined;
-    reject(error);
+  #startReading(): void {
+    if (this.#reading || this.#eof || this.#closed || this.#error !== undefined) return;
+    this.#reading = true;
+    const status = this.#handle.readStart();
+    if (status < 0) {
+      this.#reading = false;
+      this.#error = systemError(status, "read");
+    }
+  }
+
+  #stopReading(): void {
+    if (!this.#reading) return;
+    this.#reading = false;
+    if (!this.#closed) this.#handle.readStop();
+  }
+
+  // What was received while nobody read, or undefined.
+  #takeUnread(): Uint8Array | undefined {
+    const unread = this.#unread;
+    if (unread === undefined) return undefined;
+    const chunk = unread.shift()!;
+    this.#unreadBytes -= chunk.length;
+    if (unread.length === 0) this.#unread = undefined;
+    return chunk;
   }
 
   /** Resolves with the next chunk received (the caller owns it), `null` at the end of the stream. */
   readChunk(): Promise<Uint8Array | null> {
-    const chunks = this.#chunks;
-    if (chunks !== undefined) {
-      const chunk = chunks.shift()!;
-      if (chunks.length === 0) {
-        this.#chunks = undefined;
-        if (!this.#eof) this.#socket.resume();
-      }
+    const chunk = this.#takeUnread();
+    if (chunk !== undefined) {
+      this.#startReading();
       return Promise.resolve(chunk);
     }
+    if (this.#closed || this.#eof) return Promise.resolve(null);
     if (this.#error !== undefined) return Promise.reject(this.#error);
-    if (this.#eof) return Promise.resolve(null);
-    return new Promise((resolve, reject) => {
-      this.#readResolve = resolve;
+    this.#startReading();
+    if (this.#error !== undefined) return Promise.reject(this.#error);
+    return new Promise<Uint8Array | null>((resolve, reject) => {
+      this.#readResolve = resolve as (value: Uint8Array | number | null) => void;
       this.#readReject = reject;
     });
   }
 
-  /** Copies the next chunk into `buffer` (used only where `readChunk` isn't). */
-  async read(buffer: Uint8Array): Promise<number | null> {
-    const chunk = await this.readChunk();
-    if (chunk === null) return null;
-    const count = Math.min(chunk.length, buffer.length);
-    buffer.set(chunk.subarray(0, count));
-    if (count < chunk.length) (this.#chunks ??= []).unshift(chunk.subarray(count));
-    return count;
+  /**
+   * Reads into `buffer`: straight into it (the handle is lent `buffer` for
+   * one read), or from what was received while nobody read.
+   */
+  read(buffer: Uint8Array): Promise<number | null> {
+    if (buffer.length === 0) return Promise.resolve(0);
+    const chunk = this.#takeUnread();
+    if (chunk !== undefined) {
+      const count = Math.min(chunk.length, buffer.length);
+      buffer.set(chunk.subarray(0, count));
+      if (count < chunk.length) {
+        (this.#unread ??= []).unshift(chunk.subarray(count));
+        this.#unreadBytes += chunk.length - count;
+      }
+      this.#startReading();
+      return Promise.resolve(count);
+    }
+    if (this.#closed || this.#eof) return Promise.resolve(null);
+    if (this.#error !== undefined) return Promise.reject(this.#error);
+    this.#into = buffer;
+    this.#handle.useUserBuffer(buffer);
+    this.#startReading();
+    if (this.#error !== undefined) {
+      this.#into = undefined;
+      this.#handle.useUserBuffer(sharedBuffer());
+      return Promise.reject(this.#error);
+    }
+    return new Promise<number | null>((resolve, reject) => {
+      this.#readResolve = resolve as (value: Uint8Array | number | null) => void;
+      this.#readReject = reject;
+    });
   }
 
   /**
-   * Hands `data` to the socket, which keeps a reference to it (callers never
-   * rewrite what they wrote). Resolves at once when the kernel took it, or
-   * when what the socket holds is under its high-water mark (counted in
-   * `bufferedAmount`); otherwise once the socket's buffer drained.
+   * Hands `data` to the socket, which keeps a reference to it until written
+   * (callers never rewrite what they wrote). Resolves at once when the kernel
+   * took it; otherwise once the handle wrote the rest.
    */
   write(data: Uint8Array): Promise<number> {
     const result = this.writeNow(data);
@@ -157,183 +317,158 @@ export class SocketTransport implements Transport {
 
   /** As `write()`, returning the count itself when there is nothing to wait for. */
   writeNow(data: Uint8Array): number | Promise<number> {
-    const socket = this.#socket;
     if (this.#error !== undefined) return Promise.reject(this.#error);
-    if (socket.destroyed || !socket.writable) {
-      return Promise.reject(new Deno.errors.BrokenPipe("the socket is closed"));
-    }
-    const handle = (socket as unknown as { _handle?: StreamHandle | null })._handle;
-    if (
-      directWrites && DIRECT !== undefined && handle != null &&
-      typeof handle.writeBuffer === "function" &&
-      socket.writableLength === 0
-    ) {
-      return this.#writeDirect(handle, data);
-    }
-    // No write callback: one would be called with an error if the socket is closed right
-    // after a last write, which happens on every close. (write() says false for anything over
-    // the high-water mark, even when the kernel took all of it: then nothing is left to wait for.)
-    if (socket.write(data) || socket.writableLength === 0) return data.length;
-    this.#writeLength = data.length;
-    socket.once("drain", SocketTransport.#onDrain);
-    return new Promise((resolve, reject) => {
-      this.#writeResolve = resolve;
-      this.#writeReject = reject;
-    });
-  }
-
-  // Writes straight to the socket's handle, past Node's stream layer (what `socket.write()`
-  // does underneath, without its bookkeeping): about a quarter more deliveries per second when
-  // broadcasting to 10 000 sockets.
-  // A write the kernel took at once is done; otherwise the handle finishes it and calls the
-  // request's `oncomplete`.
-  #writeDirect(handle: StreamHandle, data: Uint8Array): number | Promise<number> {
+    if (this.#closed) return Promise.reject(new Deno.errors.BrokenPipe("the socket is closed"));
     const request: WriteRequest = { oncomplete: onWriteComplete, transport: this, waited: false };
-    let status: number;
-    try {
-      status = handle.writeBuffer(request, data);
-    } catch (error) {
-      return Promise.reject(error);
+    const status = this.#handle.writeBuffer(request, data);
+    if (status < 0) {
+      this.#error ??= systemError(status, "write");
+      return Promise.reject(this.#error);
     }
-    if (status !== 0) return Promise.reject(writeError(status));
-    if (DIRECT!.state[DIRECT!.lastWriteWasAsync] === 0) return data.length;
+    if (this.#bindings.state[this.#bindings.lastWriteWasAsync] === 0) return data.length;
     request.waited = true;
-    this.#directLength = data.length;
+    this.#writeLength = data.length;
     return new Promise((resolve, reject) => {
       this.#writeResolve = resolve;
       this.#writeReject = reject;
     });
   }
 
-  // The direct write that the handle is finishing, for bufferedAmount.
-  #directLength = 0;
-
-  /** @internal Called by a direct write's request when the handle finished it. */
-  directWriteDone(status: number): void {
-    const length = this.#directLength;
-    this.#directLength = 0;
-    if (status < 0) {
-      this.#failWrite(writeError(status));
+  /** @internal Called by a pending write's request when the handle finished it. */
+  writeDone(status: number): void {
+    if (this.#closed) {
+      this.#closeHandle();
       return;
     }
-    const resolve = this.#writeResolve;
-    if (resolve === undefined) return;
+    const length = this.#writeLength;
+    this.#writeLength = 0;
+    const resolve = this.#writeResolve, reject = this.#writeReject;
     this.#writeResolve = this.#writeReject = undefined;
-    resolve(length);
+    if (status < 0) {
+      this.#error ??= systemError(status, "write");
+      reject?.(this.#error);
+    } else {
+      resolve?.(length);
+    }
   }
 
   /** Bytes written to the socket that the kernel hasn't taken yet. */
   get bufferedAmount(): number {
-    return this.#socket.writableLength + this.#directLength;
+    return this.#writeLength;
   }
 
   /** Half-closes (sends FIN after what was written); reading goes on. */
   closeWrite(): Promise<void> {
-    const socket = this.#socket;
-    if (socket.destroyed || socket.writableFinished) return Promise.resolve();
+    if (this.#closed || this.#error !== undefined) return Promise.resolve();
     return new Promise((resolve) => {
-      socket.once("finish", resolve);
-      socket.once("close", resolve);
-      socket.end();
+      const request: ShutdownRequest = { oncomplete: onShutdown, resolve };
+      if (this.#handle.shutdown(request) < 0) resolve();
     });
   }
 
   /**
-   * Closes both directions; what the socket still holds of earlier writes is
-   * sent first (as the kernel does for a closed socket), for at most
+   * Closes both directions; a write the handle is still finishing is sent
+   * first (as the kernel does for a closed socket), for at most
    * {@linkcode LINGER} ms.
    */
   close(): void {
-    // A read in progress ends now, as on a closed Deno.Conn.
-    this.#eof = true;
-    this.#chunks = undefined;
-    const resolve = this.#readResolve;
-    if (resolve !== undefined) {
-      this.#readResolve = this.#readReject = undefined;
-      resolve(null);
-    }
-    if (this.#writeReject !== undefined) {
-      this.#failWrite(new Deno.errors.BrokenPipe("the socket is closed"));
-    }
-    const socket = this.#socket;
-    if (socket.writableLength === 0 || socket.destroyed || this.#error !== undefined) {
-      socket.destroy();
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#stopReading();
+    this.#unread = undefined;
+    this.#unreadBytes = 0;
+    // A read or a write in progress ends now, as on a closed Deno.Conn.
+    this.#settleRead();
+    const writing = this.#writeLength !== 0;
+    this.#failWrite();
+    if (!writing || this.#error !== undefined) {
+      this.#closeHandle();
       return;
     }
-    socket.once("finish", destroy);
-    socket.end();
-    Deno.unrefTimer(setTimeout(() => socket.destroy(), LINGER));
+    // The handle finishes the write first (see writeDone()), or gives up after LINGER.
+    Deno.unrefTimer(setTimeout(() => this.#closeHandle(), LINGER));
+  }
+
+  #failWrite(): void {
+    const reject = this.#writeReject;
+    this.#writeResolve = this.#writeReject = undefined;
+    this.#writeLength = 0;
+    reject?.(new Deno.errors.BrokenPipe("the socket is closed"));
+  }
+
+  #handleClosed = false;
+
+  #closeHandle(): void {
+    if (this.#handleClosed) return;
+    this.#handleClosed = true;
+    const handle = this.#handle;
+    handle.onread = null;
+    handle.transport = undefined;
+    handle.close();
+  }
+
+  /** The local end of the socket. */
+  get localAddr(): Deno.NetAddr {
+    return this.#localAddr ??= this.#name("getsockname");
+  }
+
+  /** The remote end of the socket. */
+  get remoteAddr(): Deno.NetAddr {
+    return this.#remoteAddr ??= this.#name("getpeername");
+  }
+
+  #name(which: "getsockname" | "getpeername"): Deno.NetAddr {
+    const out: SocketName = {};
+    if (this.#handleClosed || this.#handle[which](out) < 0) {
+      throw new Deno.errors.NotConnected("the socket is closed");
+    }
+    return { transport: "tcp", hostname: out.address ?? "", port: out.port ?? 0 };
   }
 }
 
-// The socket handle's write, as `node:net` uses it underneath `socket.write()`.
-interface StreamHandle {
-  writeBuffer(request: WriteRequest, data: Uint8Array): number;
-}
-interface WriteRequest {
-  oncomplete(this: WriteRequest, status: number): void;
-  transport: SocketTransport;
-  waited: boolean;
+// One read callback for every handle (no closure per connection).
+function onRead(this: Handle, _buffer: ArrayBuffer | undefined, nread?: number): void {
+  const transport = this.transport;
+  if (transport === undefined) return;
+  transport.received(nread ?? found!.state[found!.readBytesOrError]);
 }
 
-function onWriteComplete(this: WriteRequest, status: number): void {
-  if (this.waited) this.transport.directWriteDone(status);
+function onWriteComplete(this: WriteRequest, _status: number): void {
+  if (this.waited) this.transport.writeDone(_status);
 }
 
-function writeError(status: number): Error {
-  return new Deno.errors.BrokenPipe(`socket write failed (status ${status})`);
+function onShutdown(this: ShutdownRequest): void {
+  this.resolve();
 }
 
-// What direct writes need to know whether the kernel took a write at once: the stream state
-// that `node:net` reads after each write. Without it (another runtime, another version),
-// writes go through `socket.write()`.
-const DIRECT: { state: ArrayLike<number>; lastWriteWasAsync: number } | undefined = (() => {
-  try {
-    const binding = (process as unknown as {
-      binding(name: string): {
-        streamBaseState?: ArrayLike<number>;
-        kLastWriteWasAsync?: number;
-      };
-    }).binding("stream_wrap");
-    const state = binding.streamBaseState;
-    const index = binding.kLastWriteWasAsync;
-    if (state === undefined || typeof index !== "number") return undefined;
-    return { state, lastWriteWasAsync: index };
-  } catch {
-    return undefined;
-  }
-})();
-
-let directWrites = true;
-
-/**
- * Turns direct handle writes off (or back on) for sockets' next writes, so
- * that the `socket.write()` path can be tested where both exist; returns the
- * previous setting.
- */
-export function setDirectWrites(enabled: boolean): boolean {
-  const previous = directWrites;
-  directWrites = enabled;
-  return previous;
-}
-
-// How long a closed socket may take to send what it still holds.
-const LINGER = 5_000;
-
-function destroy(this: Socket): void {
-  this.destroy();
-}
-
-function netAddr(address: string | undefined, port: number | undefined): Deno.NetAddr {
-  return { transport: "tcp", hostname: address ?? "", port: port ?? 0 };
-}
-
-/** A TCP listener on `node:net`, made by {@linkcode listenTcp}. */
+/** A TCP listener on `node:net`'s handles, made by {@linkcode listenTcp}. */
 export interface TcpListener {
   /** The address listened on. */
   readonly addr: Deno.NetAddr;
   /** Stops listening. */
   close(): void;
+}
+
+// One connection callback for every listener: the listener is found on its handle.
+interface ListeningHandle extends Handle {
+  accepted(transport: Transport): void;
+  failed(error: Error): void;
+}
+
+function onConnection(this: Handle, status: number): void {
+  const listening = this as ListeningHandle;
+  const found = bindings()!;
+  if (status < 0) {
+    listening.failed(systemError(status, "accept"));
+    return;
+  }
+  const client = new found.TCP(found.socket);
+  const accepted = listening.accept(client);
+  if (accepted < 0) {
+    listening.failed(systemError(accepted, "accept"));
+    return;
+  }
+  listening.accepted(new HandleTransport(client, found));
 }
 
 /**
@@ -344,44 +479,27 @@ export interface TcpListener {
 export function listenTcp(
   hostname: string,
   port: number,
-  onSocket: (transport: SocketTransport) => void,
+  onSocket: (transport: Transport) => void,
   onError: (error: Error) => void,
 ): TcpListener | undefined {
-  const family = isIP(hostname);
-  if (family === 0) return undefined;
-  let server: NetServer;
-  try {
-    server = createServer(
-      { allowHalfOpen: true, noDelay: true },
-      (socket) => {
-        onSocket(new SocketTransport(socket));
-      },
-    );
-  } catch {
+  const found = bindings();
+  const ipv6 = hostname.includes(":");
+  if (found === undefined || !(ipv6 || /^\d+\.\d+\.\d+\.\d+$/.test(hostname))) return undefined;
+  const handle = new found.TCP(found.server) as ListeningHandle;
+  const status = ipv6 ? handle.bind6(hostname, port, 0) : handle.bind(hostname, port);
+  const out: SocketName = {};
+  if (status < 0 || handle.listen(511) < 0 || handle.getsockname(out) < 0) {
+    handle.close();
     return undefined;
   }
-  const listen = (server as unknown as { _listen2?: ListenSync })._listen2;
-  if (typeof listen !== "function") return undefined;
-  let listening = false;
-  // (A failure to listen is also reported as an error event, later: the caller reports it.)
-  server.on("error", (error: Error) => {
-    if (listening) onError(error);
-  });
-  try {
-    listen.call(server, hostname, port, family, 511);
-  } catch {
-    return undefined;
-  }
-  const address = server.address();
-  if (address === null || typeof address === "string") {
-    server.close();
-    return undefined;
-  }
-  listening = true;
+  handle.accepted = onSocket;
+  handle.failed = onError;
+  handle.onconnection = onConnection;
   return {
-    addr: { transport: "tcp", hostname: address.address, port: address.port },
+    addr: { transport: "tcp", hostname: out.address ?? hostname, port: out.port ?? port },
     close(): void {
-      server.close();
+      handle.onconnection = null;
+      handle.close();
     },
   };
 }

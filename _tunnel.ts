@@ -16,7 +16,7 @@ import { Duplex } from "node:stream";
 import * as nodeTls from "node:tls";
 import { lookup } from "node:dns/promises";
 import { describeError } from "./_describe.ts";
-import { SocketTransport } from "./_node_net.ts";
+import { SocketTransport } from "./_socket_transport.ts";
 import type { Proxy } from "./_proxy.ts";
 import { parseIp } from "./_proxy.ts";
 import type { Transport } from "./transport.ts";

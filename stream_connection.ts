@@ -632,10 +632,12 @@ export class StreamConnection extends Connection {
         let direct: number | undefined;
         try {
           // (Not an async helper: one suspended function per idle connection is enough.)
-          if (this.transport.readChunk !== undefined) {
+          // The rest of a large payload is read straight into the frame's buffer, whatever
+          // the transport; otherwise a transport with buffers of its own hands its chunk over.
+          const into = protocol.receiveBuffer(DIRECT_READ_FROM);
+          if (into === undefined && this.transport.readChunk !== undefined) {
             chunk = await this.transport.readChunk();
           } else {
-            const into = protocol.receiveBuffer(DIRECT_READ_FROM);
             const slab = into ?? this.#readBuffer();
             const count = await this.transport.read(slab);
             if (count !== null && into !== undefined) direct = count;

@@ -31,11 +31,16 @@ import {
 
 interface Snapshot {
   snapshot: {
-    meta: { node_fields: string[]; node_types: (string[] | string)[]; edge_fields: string[] };
+    meta: {
+      node_fields: string[];
+      node_types: (string[] | string)[];
+      location_fields?: string[];
+    };
     node_count: number;
   };
   nodes: number[];
   strings: string[];
+  locations?: number[];
 }
 
 /** Bytes and count of one kind of heap object. */
@@ -72,6 +77,31 @@ function groupName(type: string, name: string, size: number): string {
   }
 }
 
+/**
+ * Names for anonymous closures: `closure (anonymous) FILE:LINE`, from the snapshot's locations
+ * (each closure's script and line). Keyed by node offset.
+ */
+function anonymousClosures(snapshot: Snapshot): Map<number, string> {
+  const { meta } = snapshot.snapshot;
+  const { nodes, strings, locations } = snapshot;
+  const names = new Map<number, string>();
+  const lf = meta.location_fields;
+  if (locations === undefined || lf === undefined) return names;
+  const types = meta.node_types[0] as string[];
+  const nameAt = meta.node_fields.indexOf("name");
+  const objectAt = lf.indexOf("object_index");
+  const scriptAt = lf.indexOf("script_object_index");
+  const lineAt = lf.indexOf("line");
+  for (let i = 0; i < locations.length; i += lf.length) {
+    const node = locations[i + objectAt];
+    if (types[nodes[node]] !== "closure" || strings[nodes[node + nameAt]] !== "") continue;
+    const script = strings[nodes[locations[i + scriptAt] + nameAt]] ?? "";
+    const file = script.replace(/^.*\//, "") || "?";
+    names.set(node, `closure (anonymous) ${file}:${locations[i + lineAt] + 1}`);
+  }
+  return names;
+}
+
 /** Self sizes of a `.heapsnapshot` file's nodes, summed by group. */
 export function aggregate(snapshot: Snapshot): Map<string, Group> {
   const { meta } = snapshot.snapshot;
@@ -81,10 +111,12 @@ export function aggregate(snapshot: Snapshot): Map<string, Group> {
   const sizeAt = meta.node_fields.indexOf("self_size");
   const types = meta.node_types[0] as string[];
   const { nodes, strings } = snapshot;
+  const where = anonymousClosures(snapshot);
   const groups = new Map<string, Group>();
   for (let i = 0; i < nodes.length; i += fields) {
     const size = nodes[i + sizeAt];
-    const key = groupName(types[nodes[i + typeAt]], strings[nodes[i + nameAt]], size);
+    const key = where.get(i) ??
+      groupName(types[nodes[i + typeAt]], strings[nodes[i + nameAt]], size);
     const group = groups.get(key);
     if (group === undefined) groups.set(key, { count: 1, bytes: size });
     else {
