@@ -302,32 +302,43 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
    * `ConnectionClosedError` otherwise.
    */
   [Symbol.asyncIterator](): AsyncIterator<Message> {
-    return {
-      next: (): Promise<IteratorResult<Message>> => {
-        if (this.#stream !== undefined) {
-          return Promise.reject(this.#streamingError("iterate over messages"));
-        }
-        if (this.messagesQueued !== 0) {
-          return Promise.resolve({ value: this.#takeMessage(), done: false });
-        }
-        if (this.#ended) {
-          if (this.closedOK) return Promise.resolve({ value: undefined, done: true });
-          return Promise.reject(this.closedError);
-        }
-        // A normal closure ends the iteration without building the close error.
-        return new Promise<IteratorResult<Message>>((resolve, reject) => {
-          const waiter: RecvWaiter = {
-            iterating: true,
-            resolve: resolve as RecvWaiter["resolve"],
-            reject,
-          };
-          this.#addWaiter(waiter);
-        });
-      },
-      return: (): Promise<IteratorResult<Message>> => {
-        return Promise.resolve({ value: undefined, done: true });
-      },
-    };
+    return new MessageQueue.#Iterator(this);
+  }
+
+  // An iteration: one small object, no closures (an idle connection's handler keeps one).
+  static #Iterator = class implements AsyncIterator<Message> {
+    readonly #queue: MessageQueue;
+    constructor(queue: MessageQueue) {
+      this.#queue = queue;
+    }
+    next(): Promise<IteratorResult<Message>> {
+      return this.#queue.#next();
+    }
+    return(): Promise<IteratorResult<Message>> {
+      return Promise.resolve({ value: undefined, done: true });
+    }
+  };
+
+  #next(): Promise<IteratorResult<Message>> {
+    if (this.#stream !== undefined) {
+      return Promise.reject(this.#streamingError("iterate over messages"));
+    }
+    if (this.messagesQueued !== 0) {
+      return Promise.resolve({ value: this.#takeMessage(), done: false });
+    }
+    if (this.#ended) {
+      if (this.closedOK) return Promise.resolve({ value: undefined, done: true });
+      return Promise.reject(this.closedError);
+    }
+    // A normal closure ends the iteration without building the close error.
+    return new Promise<IteratorResult<Message>>((resolve, reject) => {
+      const waiter: RecvWaiter = {
+        iterating: true,
+        resolve: resolve as RecvWaiter["resolve"],
+        reject,
+      };
+      this.#addWaiter(waiter);
+    });
   }
 
   #streamingError(what: string): ConcurrencyError {

@@ -221,10 +221,10 @@ export abstract class Connection extends MessageQueue implements AsyncDisposable
 
   // Created on demand: an idle connection holds no ping map.
   #closedError: ConnectionClosed | undefined;
-  #closedResolve!: (result: CloseResult) => void;
+  // `closed` is made when someone asks for it: most connections end without anyone waiting.
+  #closed: Promise<CloseResult> | undefined;
+  #closedResolve: ((result: CloseResult) => void) | undefined;
   #closedResult: CloseResult | undefined;
-  /** Resolves with how the connection ended; never rejects. */
-  readonly closed: Promise<CloseResult>;
   #sendLock: Promise<void> | undefined;
   #pings:
     | Map<string, { sentAt: number; resolve(ms: number): void; reject(error: unknown): void }>
@@ -251,7 +251,17 @@ export abstract class Connection extends MessageQueue implements AsyncDisposable
     if (!(this.maxSize >= 0)) {
       throw new RangeError(`maxSize must be a positive number, got ${this.maxSize}`);
     }
-    this.closed = new Promise((resolve) => (this.#closedResolve = resolve));
+  }
+
+  /** Resolves with how the connection ended; never rejects. */
+  get closed(): Promise<CloseResult> {
+    if (this.#closed === undefined) {
+      const result = this.#closedResult;
+      this.#closed = result !== undefined
+        ? Promise.resolve(result)
+        : new Promise((resolve) => (this.#closedResolve = resolve));
+    }
+    return this.#closed;
   }
 
   // ---- State, implemented by each transport ----
@@ -328,7 +338,9 @@ export abstract class Connection extends MessageQueue implements AsyncDisposable
     if (this.logger !== undefined) {
       this.logger.info(`connection ${this.id} closed: ${this.closedError!.message}`);
     }
-    this.#closedResolve(result);
+    const resolve = this.#closedResolve;
+    this.#closedResolve = undefined;
+    resolve?.(result);
   }
 
   /**
@@ -605,25 +617,51 @@ export abstract class Connection extends MessageQueue implements AsyncDisposable
  * error is logged unless it is the `ConnectionClosed` that told the handler
  * of the close.
  */
-export async function runHandler<C extends Connection>(
+export function runHandler<C extends Connection>(
   connection: C,
   handler: (connection: C) => void | Promise<void>,
   logger: Pick<Logger, "error"> | undefined,
 ): Promise<void> {
+  // Not an async function: while the handler waits, the connection keeps one promise reaction
+  // rather than a suspended function of its own.
+  let returned: void | Promise<void>;
   try {
-    await handler(connection);
+    returned = handler(connection);
+  } catch (error) {
+    return handlerFailed(connection, error, logger);
+  }
+  if (!(returned instanceof Promise)) return closeAfterHandler(connection, logger);
+  return returned.then(
+    () => closeAfterHandler(connection, logger),
+    (error) => handlerFailed(connection, error, logger),
+  );
+}
+
+async function closeAfterHandler(
+  connection: Connection,
+  logger: Pick<Logger, "error"> | undefined,
+): Promise<void> {
+  try {
     await connection.close();
   } catch (error) {
-    try {
-      const state = connection.state;
-      if (state === State.OPEN || state === State.CONNECTING) {
-        logger?.error(`connection ${connection.id}: error in connection handler`, error);
-        await connection.close(CloseCode.INTERNAL_ERROR, "internal error");
-      } else if (!(error instanceof ConnectionClosed)) {
-        logger?.error(`connection ${connection.id}: error in connection handler`, error);
-      }
-    } catch (closeError) {
-      logger?.error("unexpected error in connection", closeError);
+    await handlerFailed(connection, error, logger);
+  }
+}
+
+async function handlerFailed(
+  connection: Connection,
+  error: unknown,
+  logger: Pick<Logger, "error"> | undefined,
+): Promise<void> {
+  try {
+    const state = connection.state;
+    if (state === State.OPEN || state === State.CONNECTING) {
+      logger?.error(`connection ${connection.id}: error in connection handler`, error);
+      await connection.close(CloseCode.INTERNAL_ERROR, "internal error");
+    } else if (!(error instanceof ConnectionClosed)) {
+      logger?.error(`connection ${connection.id}: error in connection handler`, error);
     }
+  } catch (closeError) {
+    logger?.error("unexpected error in connection", closeError);
   }
 }

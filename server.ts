@@ -522,15 +522,16 @@ export class Server implements AsyncDisposable {
     return connection;
   }
 
-  // Never rejects; calls #taskDone() once the handler finished.
-  async #run(connection: ServerConnection): Promise<void> {
+  // Calls #taskDone() once the handler finished. (No async function here: an idle connection
+  // keeps only the handler's own.)
+  #run(connection: ServerConnection): void {
     this.#connections.add(connection);
-    try {
-      await runHandler(connection, this.#handler, this.#logger);
-    } finally {
-      this.#connections.delete(connection);
-      this.#taskDone();
-    }
+    runHandler(connection, this.#handler, this.#logger).then(() => this.#handlerDone(connection));
+  }
+
+  #handlerDone(connection: ServerConnection): void {
+    this.#connections.delete(connection);
+    this.#taskDone();
   }
 
   #taskDone(): void {

@@ -61,6 +61,8 @@ const READ_PAUSE_OUTPUT = 1024 * 1024;
 const DIRECT_READ_FROM = 16 * 1024;
 // What the handshake's resolve and reject become once used, so that they are not kept.
 function settled(): void {}
+// No read buffer: one empty array for every connection.
+const EMPTY = new Uint8Array(0);
 
 // Microtasks a write waits at most for the application to queue more frames.
 const MAX_FLUSH_WAITS = 64;
@@ -108,7 +110,7 @@ export class StreamConnection extends Connection {
   #drainWaiters: Waiter<void>[] | undefined;
   #transportClosed = false;
   #readSize = HANDSHAKE_READ;
-  #slab: Uint8Array = new Uint8Array(0);
+  #slab: Uint8Array = EMPTY;
   readonly #readPauseOutput: number;
   // Resumes reading paused by #outputDrained().
   #resumeReading: (() => void) | undefined;
@@ -384,7 +386,7 @@ export class StreamConnection extends Connection {
         }
         this.#notifyDrain();
         if (eof) {
-          this.#endOutput().then(this.#ended, this.#writeFailed);
+          this.#endOutput().then(() => this.#ended(), (error) => this.#writeFailed(error));
           return;
         }
       }
@@ -400,12 +402,12 @@ export class StreamConnection extends Connection {
     for (;;) {
       this.#writeData = data;
       if (transport.writeNow === undefined) {
-        transport.write(data).then(this.#written, this.#writeFailed);
+        this.#whenWritten(transport.write(data));
         return;
       }
       const result = transport.writeNow(data);
       if (typeof result !== "number") {
-        result.then(this.#written, this.#writeFailed);
+        this.#whenWritten(result);
         return;
       }
       // Written synchronously: go on at once, without a promise (in a loop: a write of many
@@ -416,7 +418,19 @@ export class StreamConnection extends Connection {
     }
   }
 
-  #written = (count: number): void => {
+  // The settlement handlers of a write that waits, made on the first such write (writes that
+  // complete synchronously never need them, and an idle connection then keeps none).
+  #onWritten: ((count: number) => void) | undefined;
+  #onWriteFailed: ((error: unknown) => void) | undefined;
+
+  #whenWritten(promise: Promise<number>): void {
+    promise.then(
+      this.#onWritten ??= (count) => this.#written(count),
+      this.#onWriteFailed ??= (error) => this.#writeFailed(error),
+    );
+  }
+
+  #written(count: number): void {
     const next = this.#afterWrite(count);
     if (next === undefined) return;
     try {
@@ -424,7 +438,7 @@ export class StreamConnection extends Connection {
     } catch (error) {
       this.#writeFailed(error);
     }
-  };
+  }
 
   // After `count` bytes of #writeData went out: the bytes to write next, or `undefined` when
   // this write is over (then the next one has started, or writing ended).
@@ -445,7 +459,7 @@ export class StreamConnection extends Connection {
       this.#inflight = 0;
       this.#notifyDrain();
       if (this.#writeEof) {
-        this.#endOutput().then(this.#ended, this.#writeFailed);
+        this.#endOutput().then(() => this.#ended(), (error) => this.#writeFailed(error));
         return undefined;
       }
     } catch (error) {
@@ -456,7 +470,7 @@ export class StreamConnection extends Connection {
     return undefined;
   }
 
-  #writeFailed = (error: unknown): void => {
+  #writeFailed(error: unknown): void {
     this.logger?.debug(`connection ${this.id}: write failed: ${error}`);
     this.#writeData = undefined;
     this.#pieces = undefined;
@@ -464,10 +478,10 @@ export class StreamConnection extends Connection {
     this.#inflight = 0;
     this.#abort();
     this.#ended();
-  };
+  }
 
   // Writing stopped: frames queued during the last write and after it get a new one.
-  #ended = (): void => {
+  #ended(): void {
     this.#writing = false;
     const idle = this.#writeIdle;
     if (idle !== undefined) {
@@ -475,7 +489,7 @@ export class StreamConnection extends Connection {
       idle();
     }
     if (!this.#transportClosed && this.protocol.outputLength !== 0) this.flushSoon();
-  };
+  }
 
   // Resolves once writing stopped (set by #run's end only).
   #writeIdle: (() => void) | undefined;
@@ -770,7 +784,7 @@ export class StreamConnection extends Connection {
     if (this.#readSize === HANDSHAKE_READ) {
       // Back to small reads; the rest of the handshake's buffer isn't kept by an idle connection.
       this.#readSize = MIN_READ;
-      this.#slab = new Uint8Array(0);
+      this.#slab = EMPTY;
     }
     this.logger?.info(`connection ${this.id} open`);
     const resolve = this.#handshakeResolve;
