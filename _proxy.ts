@@ -83,6 +83,10 @@ export function parseProxy(url: string): Proxy {
     } catch {
       throw new InvalidProxy(shown, "invalid percent-encoding in user info");
     }
+    // Basic credentials are `user:password`: the user name can't have a colon (RFC 7617).
+    if (username.includes(":") && (scheme === "http" || scheme === "https")) {
+      throw new InvalidProxy(shown, "the user name of an HTTP proxy can't contain ':'");
+    }
   }
   const hostPart = host.includes(":") ? `[${host}]` : host;
   return { scheme, host, port, username, password, display: `${scheme}://${hostPart}:${port}` };

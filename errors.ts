@@ -224,7 +224,8 @@ export class HandshakeTimeout extends InvalidHandshake {
 
 /**
  * Raised when a proxy URL isn't valid: not `http:`, `https:`, `socks5:` or
- * `socks5h:`, no host, a path, or a user name without a password.
+ * `socks5h:`, no host, a path, query or fragment, user info that isn't
+ * valid percent-encoding, or a user name with `:` for an HTTP proxy.
  *
  * @example
  * ```ts

@@ -90,6 +90,16 @@ Deno.test("proxy: InvalidProxy never shows the credentials", () => {
   );
 });
 
+Deno.test("proxy: an HTTP proxy's user name can't contain ':', a SOCKS5 one's can", () => {
+  assert.throws(
+    () => parseProxy("http://a%3Ab:c@p:1"),
+    (error) =>
+      error instanceof InvalidProxy &&
+      error.reason === "the user name of an HTTP proxy can't contain ':'",
+  );
+  assert.equal(parseProxy("socks5://a%3Ab:c@p:1").username, "a:b");
+});
+
 Deno.test("proxy: rejects invalid percent-encoding in the credentials", () => {
   assert.throws(
     () => parseProxy("http://a%ZZ:b@p:1"),
