@@ -17,9 +17,33 @@ import { ConcurrencyError, ConnectionClosed, ConnectionClosedOK, InvalidState } 
 import type { EncodeOptions, Extension } from "./extensions.ts";
 import { type Close, CloseCode } from "./frames.ts";
 import type { Request, Response } from "./http11.ts";
-import { type Logger, State, stateName } from "./protocol.ts";
+import { type Logger, State, stateName, type TrafficCounters } from "./protocol.ts";
 
 const NO_PARAMS: Readonly<Record<string, string>> = Object.freeze({});
+
+/**
+ * A snapshot of a connection's statistics, from
+ * {@linkcode Connection.prototype.stats}: the {@linkcode TrafficCounters}
+ * (messages, payload bytes and wire bytes, both ways), the latest ping
+ * latency and when the connection opened.
+ *
+ * @example
+ * ```ts
+ * import type { ConnectionStats } from "@denows/websockets";
+ * const stats: ConnectionStats = {
+ *   messagesReceived: 10, bytesReceived: 4000, wireBytesReceived: 1500,
+ *   messagesSent: 10, bytesSent: 4000, wireBytesSent: 1200,
+ *   latency: 0.4, openedAt: Date.now(),
+ * };
+ * console.log(`compression saved ${stats.bytesSent - stats.wireBytesSent} bytes`);
+ * ```
+ */
+export interface ConnectionStats extends TrafficCounters {
+  /** The last round-trip time measured by `ping()` or keepalive, in ms (0 before any). */
+  latency: number;
+  /** When the opening handshake completed, in ms since the epoch (`Date.now()`); 0 before. */
+  openedAt: number;
+}
 
 /**
  * What {@linkcode Connection.prototype.send} accepts: a string (Text), bytes
@@ -203,6 +227,7 @@ export abstract class Connection extends MessageQueue implements AsyncDisposable
    * when no router was involved.
    */
   readonly params: Readonly<Record<string, string>> = NO_PARAMS;
+  #openedAt = 0;
 
   /** Largest incoming message in bytes. */
   readonly maxSize: number;
@@ -282,6 +307,45 @@ export abstract class Connection extends MessageQueue implements AsyncDisposable
   abstract get localAddr(): Deno.Addr | undefined;
   /** The remote address, when the transport has one. */
   abstract get remoteAddr(): Deno.Addr | undefined;
+
+  /**
+   * What this connection received and sent so far (plain numbers,
+   * incremented in place as messages go: no object per message). Payload
+   * bytes are the application's, wire bytes those on the socket, frame
+   * headers, control frames and the handshake included.
+   */
+  protected abstract get counters(): TrafficCounters;
+
+  /**
+   * A snapshot of this connection's statistics: messages, payload bytes
+   * and wire bytes both ways (`bytesSent - wireBytesSent` is what
+   * compression saved), the latest ping latency, and when it opened. Each
+   * read makes one small object; the counting itself allocates nothing.
+   *
+   * @example
+   * ```ts ignore
+   * const { messagesReceived, bytesReceived, wireBytesReceived } = ws.stats;
+   * console.log(`${messagesReceived} messages, ${bytesReceived} bytes (${wireBytesReceived} on the wire)`);
+   * ```
+   */
+  get stats(): ConnectionStats {
+    const counters = this.counters;
+    return {
+      messagesReceived: counters.messagesReceived,
+      bytesReceived: counters.bytesReceived,
+      wireBytesReceived: counters.wireBytesReceived,
+      messagesSent: counters.messagesSent,
+      bytesSent: counters.bytesSent,
+      wireBytesSent: counters.wireBytesSent,
+      latency: this.latency,
+      openedAt: this.#openedAt,
+    };
+  }
+
+  /** Called by implementations when the opening handshake completed: `stats.openedAt`. */
+  protected markOpen(): void {
+    if (this.#openedAt === 0) this.#openedAt = Date.now();
+  }
 
   /** The same as `state`, named like the browser's `WebSocket.readyState`. */
   get readyState(): State {

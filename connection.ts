@@ -40,6 +40,7 @@ export {
   type CloseResult,
   Connection,
   type ConnectionOptions,
+  type ConnectionStats,
   DEFAULTS,
   PRODUCT,
   type Sendable,

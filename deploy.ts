@@ -31,7 +31,7 @@
  * @module
  */
 
-import { concat } from "./_bytes.ts";
+import { concat, utf8Length } from "./_bytes.ts";
 import { closeError, truncateReason } from "./_close.ts";
 import type { SharedFrames } from "./_shared_frames.ts";
 import {
@@ -51,11 +51,17 @@ import {
   WebSocketError,
 } from "./errors.ts";
 import type { EncodeOptions, Extension } from "./extensions.ts";
-import { Close, CloseCode } from "./frames.ts";
+import { Close, CloseCode, frameHeaderLength } from "./frames.ts";
 import { Headers } from "./headers.ts";
 import { Request, Response } from "./http11.ts";
 import { isRouter, type RouteMatch, routeRequest } from "./router.ts";
-import { type Logger, ServerProtocol, type ServerProtocolOptions, State } from "./protocol.ts";
+import {
+  type Logger,
+  ServerProtocol,
+  type ServerProtocolOptions,
+  State,
+  type TrafficCounters,
+} from "./protocol.ts";
 
 /**
  * Options of {@linkcode accept}: the handshake rules and the limits that
@@ -248,32 +254,6 @@ const sharedText = new WeakMap<SharedFrames, string>();
 const textDecoder = new TextDecoder();
 
 /**
- * The UTF-8 length of `text`, computed only as far as needed to compare it
- * with `limit`: UTF-16 code units ≤ UTF-8 bytes ≤ 3 × code units.
- */
-function utf8LengthOver(text: string, limit: number): number | undefined {
-  const units = text.length;
-  if (units * 3 <= limit) return undefined;
-  if (units > limit) return units;
-  let bytes = 0;
-  for (let i = 0; i < units; i++) {
-    const code = text.charCodeAt(i);
-    if (code < 0x80) bytes += 1;
-    else if (code < 0x800) bytes += 2;
-    else if (code >= 0xd800 && code <= 0xdbff && i + 1 < units) {
-      const next = text.charCodeAt(i + 1);
-      if (next >= 0xdc00 && next <= 0xdfff) {
-        bytes += 4;
-        i++;
-      } else {
-        bytes += 3;
-      }
-    } else bytes += 3;
-  }
-  return bytes > limit ? bytes : undefined;
-}
-
-/**
  * A {@linkcode Connection} over the runtime's `WebSocket` (from
  * `Deno.upgradeWebSocket`), made by {@linkcode accept} and
  * {@linkcode handler}. Same API as the connections of `serve()` —
@@ -343,6 +323,14 @@ export class PlatformConnection extends Connection {
   #drainWaiters: { resolve(): void; reject(error: unknown): void }[] = [];
   #pollTimer: ReturnType<typeof setTimeout> | undefined;
   #pollDelay = FIRST_POLL_DELAY;
+  readonly #counters: TrafficCounters = {
+    messagesReceived: 0,
+    bytesReceived: 0,
+    wireBytesReceived: 0,
+    messagesSent: 0,
+    bytesSent: 0,
+    wireBytesSent: 0,
+  };
 
   /**
    * Wraps `socket`, a server-side `WebSocket` from `Deno.upgradeWebSocket`
@@ -471,6 +459,7 @@ export class PlatformConnection extends Connection {
     } else {
       this.socket.send(frames.data);
     }
+    this.#countSent(frames.data.length);
     return true;
   }
 
@@ -483,7 +472,7 @@ export class PlatformConnection extends Connection {
   ): void {
     if (kind !== "continuation") {
       if (fin) {
-        this.socket.send(data);
+        this.#sendMessage(data);
         return;
       }
       this.#fragments = { text: kind === "text", parts: [data] };
@@ -496,11 +485,35 @@ export class PlatformConnection extends Connection {
     fragments.parts.push(data);
     if (!fin) return;
     this.#fragments = undefined;
-    if (fragments.text) {
-      this.socket.send((fragments.parts as string[]).join(""));
-      return;
-    }
-    this.socket.send(concat(fragments.parts as Uint8Array[]));
+    this.#sendMessage(
+      fragments.text
+        ? (fragments.parts as string[]).join("")
+        : concat(fragments.parts as Uint8Array[]),
+    );
+  }
+
+  // Sends a whole message and counts it.
+  #sendMessage(data: string | Uint8Array): void {
+    this.socket.send(data);
+    this.#countSent(typeof data === "string" ? utf8Length(data) : data.length);
+  }
+
+  // Counts a message of `bytes` bytes sent, as one unmasked frame.
+  #countSent(bytes: number): void {
+    const counters = this.#counters;
+    counters.messagesSent++;
+    counters.bytesSent += bytes;
+    counters.wireBytesSent += frameHeaderLength(bytes, false) + bytes;
+  }
+
+  /**
+   * What this connection received and sent: the runtime's `WebSocket` hides
+   * the frames, so every message counts as one frame (wire bytes = payload
+   * and one frame header), and Text is measured in UTF-8 by a scan of each
+   * string.
+   */
+  protected get counters(): TrafficCounters {
+    return this.#counters;
   }
 
   /** Not reachable: `ping()` is not available. */
@@ -581,6 +594,7 @@ export class PlatformConnection extends Connection {
   }
 
   #onOpen(): void {
+    this.markOpen();
     this.logger?.info(`connection ${this.id} open`);
     this.#handshakeResolve();
   }
@@ -589,21 +603,24 @@ export class PlatformConnection extends Connection {
     if (this.#failed || this.#terminated) return;
     const data = event.data;
     let message: string | Uint8Array;
-    let size: number | undefined;
     // A message recvStreaming() waits for has the limit of that call.
     const maxSize = this.streamingMaxSize ?? this.maxSize;
+    let bytes: number;
     if (typeof data === "string") {
       message = data;
-      size = utf8LengthOver(data, maxSize);
+      bytes = utf8Length(data);
     } else if (data instanceof ArrayBuffer) {
       message = new Uint8Array(data);
-      size = message.length > maxSize ? message.length : undefined;
+      bytes = message.length;
     } else {
       this.logger?.warn(`connection ${this.id}: unexpected message data, was binaryType changed?`);
       return;
     }
-    if (size !== undefined) {
-      const error = new PayloadTooBig(size, maxSize);
+    // Counted as if the message came in one frame (the runtime doesn't say how it came).
+    const counters = this.#counters;
+    counters.wireBytesReceived += frameHeaderLength(bytes, true) + bytes;
+    if (bytes > maxSize) {
+      const error = new PayloadTooBig(bytes, maxSize);
       this.logger?.info(`connection ${this.id}: ${error.message}`);
       this.#failure = error;
       this.failTransport(CloseCode.MESSAGE_TOO_BIG, error.message);
@@ -619,6 +636,8 @@ export class PlatformConnection extends Connection {
       this.failTransport(CloseCode.TRY_AGAIN_LATER, error.message);
       return;
     }
+    counters.messagesReceived++;
+    counters.bytesReceived += bytes;
     this.deliver(message);
   }
 

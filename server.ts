@@ -35,6 +35,7 @@ import {
   ServerProtocol,
   type ServerProtocolOptions,
   State,
+  type TrafficCounters,
 } from "./protocol.ts";
 
 /** The `Server` header sent by default. */
@@ -292,6 +293,42 @@ async function toResponse(answer: Response | globalThis.Response): Promise<Respo
   );
 }
 
+/**
+ * A snapshot of a server's statistics, from {@linkcode Server.prototype.stats}:
+ * the {@linkcode TrafficCounters} of every connection since the server
+ * started (closed ones included), and connection counts.
+ *
+ * @example
+ * ```ts ignore
+ * import { serve } from "@denows/websockets";
+ * const server = serve((ws) => ws.close(), { port: 0 });
+ * const { connections, connectionsOpened, wireBytesReceived } = server.stats();
+ * ```
+ */
+export interface ServerStats extends TrafficCounters {
+  /** Connections open now (their handler runs): `server.connections.size`. */
+  connections: number;
+  /** Connections in their opening handshake now. */
+  opening: number;
+  /** Connections opened since the server started (their handshake succeeded). */
+  connectionsOpened: number;
+  /**
+   * Requests that didn't open a connection: answered without upgrading
+   * (plain HTTP, 404, a handshake error), timed out, or left by the peer.
+   */
+  notUpgraded: number;
+}
+
+// Adds the counters of `from` to `into`.
+function addCounters(into: TrafficCounters, from: TrafficCounters): void {
+  into.messagesReceived += from.messagesReceived;
+  into.bytesReceived += from.bytesReceived;
+  into.wireBytesReceived += from.wireBytesReceived;
+  into.messagesSent += from.messagesSent;
+  into.bytesSent += from.bytesSent;
+  into.wireBytesSent += from.wireBytesSent;
+}
+
 // A WHATWG request for a route's respond(): the URL matched and the handshake request's headers.
 function toWebRequest(url: URL, request: Request): globalThis.Request {
   return new globalThis.Request(url, { headers: [...request.headers.rawItems()] });
@@ -353,6 +390,17 @@ export class Server implements AsyncDisposable {
   #idleResolve: (() => void) | undefined;
   #closing = false;
   #closed = false;
+  // The traffic of the connections that ended (see stats()), and connection counts.
+  readonly #closedTotals: TrafficCounters = {
+    messagesReceived: 0,
+    bytesReceived: 0,
+    wireBytesReceived: 0,
+    messagesSent: 0,
+    bytesSent: 0,
+    wireBytesSent: 0,
+  };
+  #connectionsOpened = 0;
+  #notUpgraded = 0;
   // One timer per server drops handshakes older than openTimeout, rather than a timer per
   // connection: a handshake ends between openTimeout and 1.25 × openTimeout after it began.
   #sweepTimer: ReturnType<typeof setTimeout> | undefined;
@@ -408,6 +456,39 @@ export class Server implements AsyncDisposable {
   /** The open connections (a live set). */
   get connections(): ReadonlySet<ServerConnection> {
     return this.#connections;
+  }
+
+  /**
+   * A snapshot of the server's statistics for dashboards: the traffic of
+   * every connection since the server started (closed ones included, and
+   * requests answered without upgrading), and connection counts. Costs one
+   * pass over the open connections (six additions each) and one object.
+   *
+   * @example
+   * ```ts ignore
+   * setInterval(() => {
+   *   const { connections, messagesReceived, bytesSent, wireBytesSent } = server.stats();
+   *   console.log(`${connections} open, ${messagesReceived} messages in, ` +
+   *     `compression saved ${bytesSent - wireBytesSent} bytes`);
+   * }, 1000);
+   * ```
+   */
+  stats(): ServerStats {
+    const totals = this.#closedTotals;
+    const stats: ServerStats = {
+      messagesReceived: totals.messagesReceived,
+      bytesReceived: totals.bytesReceived,
+      wireBytesReceived: totals.wireBytesReceived,
+      messagesSent: totals.messagesSent,
+      bytesSent: totals.bytesSent,
+      wireBytesSent: totals.wireBytesSent,
+      connections: this.#connections.size,
+      opening: this.#inHandshake.size,
+      connectionsOpened: this.#connectionsOpened,
+      notUpgraded: this.#notUpgraded,
+    };
+    for (const connection of this.#connections) addCounters(stats, connection.protocol.counters);
+    return stats;
   }
 
   /**
@@ -515,6 +596,8 @@ export class Server implements AsyncDisposable {
       await connection.handshake;
     } catch {
       // Answered with an HTTP error, timed out, or the peer left; the connection ends by itself.
+      this.#notUpgraded++;
+      addCounters(this.#closedTotals, protocol.counters);
       throw HANDSHAKE_FAILED;
     } finally {
       this.#inHandshake.delete(connection);
@@ -526,11 +609,13 @@ export class Server implements AsyncDisposable {
   // keeps only the handler's own.)
   #run(connection: ServerConnection): void {
     this.#connections.add(connection);
+    this.#connectionsOpened++;
     runHandler(connection, this.#handler, this.#logger).then(() => this.#handlerDone(connection));
   }
 
   #handlerDone(connection: ServerConnection): void {
     this.#connections.delete(connection);
+    addCounters(this.#closedTotals, connection.protocol.counters);
     this.#taskDone();
   }
 

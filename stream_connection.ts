@@ -15,7 +15,7 @@ import { type ConnectionClosed, ConnectionClosedError } from "./errors.ts";
 import type { EncodeOptions, Extension } from "./extensions.ts";
 import { CloseCode } from "./frames.ts";
 import type { Request, Response } from "./http11.ts";
-import { type Protocol, type ProtocolEvent, State } from "./protocol.ts";
+import { type Protocol, type ProtocolEvent, State, type TrafficCounters } from "./protocol.ts";
 import type { Transport } from "./transport.ts";
 
 interface Waiter<T> {
@@ -157,6 +157,11 @@ export class StreamConnection extends Connection {
     if (this.protocol.state === State.OPEN) this.#opened();
   }
 
+  /** The protocol's counters: see {@linkcode Protocol.prototype.counters}. */
+  protected get counters(): TrafficCounters {
+    return this.protocol.counters;
+  }
+
   /** The connection state, from the protocol. */
   get state(): State {
     return this.protocol.state;
@@ -244,7 +249,10 @@ export class StreamConnection extends Connection {
       // The extensions are fixed once open: work out once whether and how this
       // connection can share an encoding, not on every broadcast.
       if (this.#sharedKey === undefined) this.#sharedKey = sharedEncodingKey(protocol.extensions);
-      protocol.sendSerialized(encodeShared(frames, protocol.extensions, this.#sharedKey));
+      protocol.sendSerialized(
+        encodeShared(frames, protocol.extensions, this.#sharedKey),
+        frames.data.length,
+      );
     }
     this.flushSoon();
     return true;
@@ -786,6 +794,7 @@ export class StreamConnection extends Connection {
       this.#readSize = MIN_READ;
       this.#slab = EMPTY;
     }
+    this.markOpen();
     this.logger?.info(`connection ${this.id} open`);
     const resolve = this.#handshakeResolve;
     this.#handshakeResolve = this.#handshakeReject = settled;

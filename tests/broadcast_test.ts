@@ -868,3 +868,30 @@ Deno.test("broadcast: the example server relays every message to every client", 
     await child.status;
   }
 });
+
+// ---------------------------------------------------------------- statistics
+
+Deno.test("broadcast: each connection counts the message it was sent", async () => {
+  const fixture = startServer();
+  const clients = await openClients(fixture, 3, { compression: null });
+  try {
+    const connections = [...fixture.server.connections];
+    const before = connections.map((connection) => connection.stats);
+    broadcast(connections, "héllo"); // 6 bytes of UTF-8
+    await Promise.all(clients.map((client) => recvWithin(client)));
+    assert.deepEqual(
+      connections.map((connection, i) => {
+        const after = connection.stats;
+        return [
+          after.messagesSent - before[i].messagesSent,
+          after.bytesSent - before[i].bytesSent,
+          after.wireBytesSent - before[i].wireBytesSent,
+        ];
+      }),
+      [[1, 6, 8], [1, 6, 8], [1, 6, 8]],
+    );
+  } finally {
+    await closeAll(clients);
+    await fixture.close();
+  }
+});

@@ -1421,6 +1421,91 @@ Deno.test("connection: reading pauses while a streamed part waits to be taken", 
   }
 });
 
+// ---- statistics
+
+Deno.test("connection: stats count messages and payload and wire bytes both ways", async () => {
+  const serverSide = deferred<StreamConnection>();
+  const { server, uri } = serveLocal(async (ws) => {
+    serverSide.resolve(ws);
+    await echo(ws);
+  });
+  const before = Date.now();
+  const ws = await connect(uri, { compression: null });
+  try {
+    await ws.send("héllo"); // 6 bytes of UTF-8
+    await ws.send(new Uint8Array(200));
+    await ws.send(["ab", "c"]); // one message in two frames
+    for (let i = 0; i < 3; i++) await ws.recv();
+    const client = ws.stats;
+    const handshakeOut = client.wireBytesSent - ((6 + 6) + (8 + 200) + (6 + 2) + (6 + 1));
+    assert.deepEqual(
+      {
+        messagesReceived: client.messagesReceived,
+        bytesReceived: client.bytesReceived,
+        messagesSent: client.messagesSent,
+        bytesSent: client.bytesSent,
+        latency: client.latency,
+      },
+      { messagesReceived: 3, bytesReceived: 209, messagesSent: 3, bytesSent: 209, latency: 0 },
+    );
+    assert.ok(handshakeOut > 100 && handshakeOut < 1000, `handshake request: ${handshakeOut}`);
+    assert.ok(client.openedAt >= before && client.openedAt <= Date.now());
+    const connection = await serverSide.promise;
+    const latency = await ws.ping();
+    const serverStats = connection.stats;
+    // What one side sent is what the other received, on the wire too (pings included).
+    assert.deepEqual(
+      [serverStats.messagesReceived, serverStats.bytesReceived, serverStats.messagesSent],
+      [3, 209, 3],
+    );
+    assert.equal(serverStats.wireBytesReceived, ws.stats.wireBytesSent);
+    assert.equal(ws.stats.latency, latency);
+  } finally {
+    await ws.close();
+    await server.close();
+  }
+});
+
+Deno.test("connection: stats show what compression saved", async () => {
+  const serverSide = deferred<StreamConnection>();
+  const { server, uri } = serveLocal(async (ws) => {
+    serverSide.resolve(ws);
+    await echo(ws);
+  });
+  const ws = await connect(uri); // permessage-deflate
+  try {
+    const text = "all work and no play ".repeat(1000); // 21 000 bytes, very compressible
+    await ws.send(text);
+    assert.equal(await ws.recv(), text);
+    const connection = await serverSide.promise;
+    const { bytesReceived, wireBytesReceived, bytesSent, wireBytesSent } = connection.stats;
+    assert.deepEqual([bytesReceived, bytesSent], [21_000, 21_000]);
+    assert.ok(wireBytesReceived < 2_000, `${wireBytesReceived} bytes on the wire`);
+    assert.ok(wireBytesSent < 2_000, `${wireBytesSent} bytes on the wire`);
+  } finally {
+    await ws.close();
+    await server.close();
+  }
+});
+
+Deno.test("connection: a streamed message counts once, with all its bytes", async () => {
+  const done = deferred<StreamConnection>();
+  const { server, uri } = serveLocal(async (ws) => {
+    await Array.fromAsync(ws.recvStreaming());
+    done.resolve(ws);
+    await ws.closed;
+  });
+  const ws = await connect(uri, { compression: null });
+  try {
+    await ws.send(["abc", "de"]);
+    const stats = (await within(done.promise, 5000, "stream")).stats;
+    assert.deepEqual([stats.messagesReceived, stats.bytesReceived], [1, 5]);
+  } finally {
+    await ws.close();
+    await server.close();
+  }
+});
+
 Deno.test("connection: reading goes on once the last part of a streamed message is taken", async () => {
   // Both frames come in one read: the last part waits in the queue (reading pauses) until
   // taken, and taking it must let reading resume.

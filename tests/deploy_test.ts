@@ -963,3 +963,31 @@ Deno.test("deploy: recvStreaming({ maxSize }) sets the limit of the message it r
     },
   );
 });
+
+Deno.test("deploy: stats count messages in UTF-8 bytes, and wire bytes as one frame each", async () => {
+  const server = capture();
+  await withHandler(server.fn, {}, async (url) => {
+    const before = Date.now();
+    const ws = await connect(`${url}/`, { compression: null });
+    const connection = await server.connection;
+    await ws.send("héllo"); // 6 bytes of UTF-8, a 12-byte masked frame
+    assert.equal(await connection.recv(), "héllo");
+    await connection.send(new Uint8Array(300)); // a 304-byte frame
+    await connection.send(["a", "é"]); // collected: one 3-byte message
+    await ws.recv();
+    await ws.recv();
+    const stats = connection.stats;
+    assert.deepEqual(stats, {
+      messagesReceived: 1,
+      bytesReceived: 6,
+      wireBytesReceived: 12,
+      messagesSent: 2,
+      bytesSent: 303,
+      wireBytesSent: 304 + 5,
+      latency: 0,
+      openedAt: stats.openedAt,
+    });
+    assert.ok(stats.openedAt >= before && stats.openedAt <= Date.now());
+    await ws.close();
+  });
+});

@@ -817,3 +817,83 @@ Deno.test("server: serve({ listener }) with a listening option is a TypeError", 
     listener.close();
   }
 });
+
+// ---- statistics
+
+Deno.test("server: stats() totals the traffic of open and closed connections", async () => {
+  const { server, uri } = serveLocal(echo, {
+    compression: null,
+    processRequest: (connection, request) =>
+      request.path === "/healthz" ? connection.respond(200, "OK\n") : undefined,
+  });
+  try {
+    const empty = server.stats();
+    const first = await connect(uri, { compression: null });
+    const second = await connect(uri, { compression: null });
+    await first.send("abc");
+    await second.send(new Uint8Array(10));
+    await first.recv();
+    await second.recv();
+    const open = server.stats();
+    await first.close();
+    await within(
+      (async () => {
+        while (server.connections.size !== 1) await delay(5);
+      })(),
+      5000,
+      "first connection gone",
+    );
+    const afterClose = server.stats();
+    const health = await rawExchange(
+      server.port,
+      `GET /healthz HTTP/1.1\r\nHost: ${HOST}:${server.port}\r\n\r\n`,
+    );
+    await delay(50);
+    const last = server.stats();
+    assert.deepEqual(empty, {
+      messagesReceived: 0,
+      bytesReceived: 0,
+      wireBytesReceived: 0,
+      messagesSent: 0,
+      bytesSent: 0,
+      wireBytesSent: 0,
+      connections: 0,
+      opening: 0,
+      connectionsOpened: 0,
+      notUpgraded: 0,
+    });
+    const pick = (stats: typeof open) => ({
+      messagesReceived: stats.messagesReceived,
+      bytesReceived: stats.bytesReceived,
+      messagesSent: stats.messagesSent,
+      bytesSent: stats.bytesSent,
+      connections: stats.connections,
+      connectionsOpened: stats.connectionsOpened,
+      notUpgraded: stats.notUpgraded,
+    });
+    const both = {
+      messagesReceived: 2,
+      bytesReceived: 13,
+      messagesSent: 2,
+      bytesSent: 13,
+      connectionsOpened: 2,
+      notUpgraded: 0,
+    };
+    assert.deepEqual(
+      [pick(open), pick(afterClose), pick(last), health.status],
+      [
+        { ...both, connections: 2 },
+        { ...both, connections: 1 },
+        { ...both, connections: 1, notUpgraded: 1 },
+        200,
+      ],
+    );
+    // The closed connection's wire bytes stay counted (its close frames added some);
+    // the plain HTTP exchange adds its request and response.
+    assert.ok(afterClose.wireBytesReceived > open.wireBytesReceived);
+    assert.ok(last.wireBytesSent > afterClose.wireBytesSent);
+    await second.close();
+  } finally {
+    await server.close();
+  }
+});

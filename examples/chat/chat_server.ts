@@ -54,8 +54,10 @@ export interface ChatCounters {
   connections: number;
   /** Chat messages accepted since the start. */
   messagesIn: number;
-  /** Bytes of payload queued for members since the start (before compression). */
+  /** Bytes of payload queued for the clients since the start (before compression). */
   bytesOut: number;
+  /** The same bytes on the wire: after compression, with frame headers and handshakes. */
+  wireBytesOut: number;
   /** The largest `bufferedAmount` among the connections, in bytes. */
   slowestBufferedAmount: number;
 }
@@ -103,7 +105,6 @@ export class ChatServer {
   /** Sequence number of the last chat message broadcast (0 before any). */
   seq: number = 0;
   #messagesIn = 0;
-  #bytesOut = 0;
   #chatOpen = true;
   readonly #page: string;
   readonly #maxBufferedAmount: number;
@@ -131,16 +132,18 @@ export class ChatServer {
     return this.server.port;
   }
 
-  /** Running totals for the status line. */
+  /** Running totals for the status line, from the server's statistics. */
   counters(): ChatCounters {
     let slowest = 0;
     for (const connection of this.server.connections) {
       slowest = Math.max(slowest, connection.bufferedAmount);
     }
+    const stats = this.server.stats();
     return {
-      connections: this.server.connections.size,
+      connections: stats.connections,
       messagesIn: this.#messagesIn,
-      bytesOut: this.#bytesOut,
+      bytesOut: stats.bytesSent,
+      wireBytesOut: stats.wireBytesSent,
       slowestBufferedAmount: slowest,
     };
   }
@@ -201,13 +204,9 @@ export class ChatServer {
     connection.send(JSON.stringify(message)).catch(() => {});
   }
 
-  /** Broadcasts `message`; `connections` is iterated twice (counting, then sending). */
+  /** Broadcasts `message` (each connection counts what it was sent: see `counters()`). */
   #broadcast(connections: Iterable<ServerConnection>, message: object): void {
-    const text = JSON.stringify(message);
-    let recipients = 0;
-    for (const connection of connections) if (connection.state === State.OPEN) recipients++;
-    this.#bytesOut += encoder.encode(text).length * recipients;
-    broadcast(connections, text, { maxBufferedAmount: this.#maxBufferedAmount });
+    broadcast(connections, JSON.stringify(message), { maxBufferedAmount: this.#maxBufferedAmount });
   }
 
   #presence(change: { joined?: string; left?: string }): void {

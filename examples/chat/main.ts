@@ -8,7 +8,8 @@
  * ```
  *
  * Prints the URL to open, then a status line (connections, messages/s,
- * bytes/s, the slowest client's buffered amount) updated in place when
+ * bytes/s out, before compression and on the wire, from `server.stats()`,
+ * the slowest client's buffered amount) updated in place when
  * standard output is a terminal, every 5 s otherwise. `--bots N` connects N
  * clients that each send R messages per second (default 0.5) and check that
  * they receive every message broadcast while they are in. The demo stops on
@@ -191,7 +192,9 @@ function status(): void {
   const line =
     `${plural(now.connections, "connection")} | ${
       ((now.messagesIn - first.messagesIn) / elapsed).toFixed(1)
-    } msg/s | ${formatBytes((now.bytesOut - first.bytesOut) / elapsed)}/s out | ` +
+    } msg/s | ${formatBytes((now.bytesOut - first.bytesOut) / elapsed)}/s out (${
+      formatBytes((now.wireBytesOut - first.wireBytesOut) / elapsed)
+    }/s on the wire) | ` +
     `slowest client buffers ${formatBytes(now.slowestBufferedAmount)}`;
   if (tty) {
     write(`\r\x1b[2K${line}`);
