@@ -2,6 +2,7 @@
 // sockets with Deno's built-in WebSocket client and raw requests, and the example server.
 
 import assert from "node:assert/strict";
+import { connect } from "../client.ts";
 import type { Connection } from "../connection.ts";
 import { handler } from "../deploy.ts";
 import { InvalidMessage } from "../errors.ts";
@@ -14,6 +15,7 @@ import {
   HOST,
   rawExchange,
   RawPeer,
+  selfSignedCert,
   serveLocal,
   startListening,
   within,
@@ -108,11 +110,17 @@ Deno.test("router: params are percent-decoded", () => {
 
 Deno.test("router: invalid percent-encoding in a group throws InvalidMessage", () => {
   const router = testRouter();
-  assert.throws(() => router.match("http://example.com/rooms/%E2%82"), {
-    name: "InvalidMessage",
-    message: "invalid percent-encoding in the request URL: pathname group name is %E2%82",
-  });
-  assert.ok(InvalidMessage.name === "InvalidMessage");
+  let error: unknown;
+  try {
+    router.match("http://example.com/rooms/%E2%82");
+  } catch (caught) {
+    error = caught;
+  }
+  assert.ok(error instanceof InvalidMessage);
+  assert.equal(
+    error.message,
+    "invalid percent-encoding in the request URL: pathname group name is %E2%82",
+  );
 });
 
 Deno.test("router: a host pattern's groups join the pathname's", () => {
@@ -405,6 +413,51 @@ Deno.test("router: Deploy's handler() answers 404, plain HTTP, and routes with p
   } finally {
     controller.abort();
     await served.finished;
+  }
+});
+
+Deno.test("router: Deploy's handler() answers 400 to a group that isn't valid percent-encoding", async () => {
+  let handled = 0;
+  const router = route([{ pattern: "/rooms/:name", handler: () => void handled++ }]);
+  const controller = new AbortController();
+  const served = Deno.serve(
+    { hostname: HOST, port: 0, signal: controller.signal, onListen: noop },
+    handler(router),
+  );
+  try {
+    const response = await rawExchange(
+      served.addr.port,
+      handshakeRequest(served.addr.port, { path: "/rooms/%C3" }),
+    );
+    assert.deepEqual([response.status, response.body, handled], [
+      400,
+      "Bad Request: invalid percent-encoding in the request URL: pathname group name is %C3.\n",
+      0,
+    ]);
+  } finally {
+    controller.abort();
+    await served.finished;
+  }
+});
+
+Deno.test("router: serve() over TLS matches requests as https: URLs", async () => {
+  await using tls = await selfSignedCert();
+  const router = route([
+    { pattern: new URLPattern({ protocol: "https", pathname: "/secure" }), handler: noop },
+  ]);
+  const secure = serveLocal(router, { tls: { cert: tls.cert, key: tls.key } }).server;
+  const plain = serveLocal(router).server;
+  try {
+    const ws = await connect(`wss://localhost:${secure.port}/secure`, { caCerts: [tls.cert] });
+    await ws.closed;
+    const refused = await rawExchange(
+      plain.port,
+      handshakeRequest(plain.port, { path: "/secure" }),
+    );
+    assert.deepEqual([(await ws.closed).code, refused.status], [1000, 404]);
+  } finally {
+    await secure.close();
+    await plain.close();
   }
 });
 
