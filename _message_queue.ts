@@ -449,7 +449,9 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
           if (this.#ended && this.#stream === stream) this.#stream = undefined;
           this.#queueSpaceFreed();
         } else if (this.#stream === stream) {
+          // Its last part came: drop what wasn't taken, and let reading go on.
           this.#stream = undefined;
+          this.#queueSpaceFreed();
         }
         return Promise.resolve(finish());
       },

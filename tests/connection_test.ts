@@ -1515,15 +1515,34 @@ Deno.test("connection: reading goes on once the last part of a streamed message 
   });
   const peer = await rawClient(server.port);
   try {
-    const first = clientFrame(Opcode.TEXT, "abc", false);
-    const last = clientFrame(Opcode.CONT, "de", true);
-    const both = new Uint8Array(first.length + last.length);
-    both.set(first);
-    both.set(last, first.length);
-    await peer.write(both);
+    await peer.write(
+      concat([clientFrame(Opcode.TEXT, "abc", false), clientFrame(Opcode.CONT, "de", true)]),
+    );
     const streamed = await nextText(peer);
     await peer.write(clientFrame(Opcode.TEXT, "next", true));
     assert.deepEqual([streamed, await nextText(peer)], ['["abc","de"]', "then next"]);
+  } finally {
+    peer.close();
+    await server.close();
+  }
+});
+
+Deno.test("connection: leaving a recvStreaming() loop whose last part waits lets reading go on", async () => {
+  const { server } = serveLocal(async (ws) => {
+    for await (const part of ws.recvStreaming()) {
+      await ws.send(`first ${part}`);
+      break; // the last part is queued already: it is dropped
+    }
+    await ws.send(`then ${await ws.recv()}`);
+  });
+  const peer = await rawClient(server.port);
+  try {
+    await peer.write(
+      concat([clientFrame(Opcode.TEXT, "abc", false), clientFrame(Opcode.CONT, "de", true)]),
+    );
+    const streamed = await nextText(peer);
+    await peer.write(clientFrame(Opcode.TEXT, "next", true));
+    assert.deepEqual([streamed, await nextText(peer)], ["first abc", "then next"]);
   } finally {
     peer.close();
     await server.close();
