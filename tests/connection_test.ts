@@ -1018,6 +1018,27 @@ Deno.test("connection: closeTimeout bounds how long a failure waits for a handle
   }
 });
 
+Deno.test("connection: a handler reading with recvStreaming answers what came before a violation too", async () => {
+  const { server } = serveLocal(async (ws) => {
+    for (;;) {
+      let message = "";
+      for await (const part of ws.recvStreaming()) message += part;
+      await ws.send(message);
+    }
+  });
+  const peer = await rawClient(server.port);
+  try {
+    await peer.write(violationAfterMessages(true));
+    assert.deepEqual(
+      await within(framesUntilEnd(peer, false), 5000, "frames"),
+      ANSWERED_BEFORE_FAILING,
+    );
+  } finally {
+    peer.close();
+    await server.close();
+  }
+});
+
 Deno.test("connection: close() while a failure waits sends the violation's close code", async () => {
   const { server } = serveLocal(async (ws) => {
     await ws.recv();
