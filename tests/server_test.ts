@@ -3,7 +3,7 @@
 
 import assert from "node:assert/strict";
 import { connect } from "../client.ts";
-import type { StreamConnection } from "../connection.ts";
+import type { Logger, StreamConnection } from "../connection.ts";
 import { ConnectionClosedError, InvalidStatus } from "../errors.ts";
 import { Close } from "../frames.ts";
 import { Headers } from "../headers.ts";
@@ -893,6 +893,80 @@ Deno.test("server: stats() totals the traffic of open and closed connections", a
     assert.ok(afterClose.wireBytesReceived > open.wireBytesReceived);
     assert.ok(last.wireBytesSent > afterClose.wireBytesSent);
     await second.close();
+  } finally {
+    await server.close();
+  }
+});
+
+// ---------------------------------------------------------------- handler failures
+
+function errorLog(): { errors: string[]; logger: Logger } {
+  const errors: string[] = [];
+  const logger: Logger = {
+    debug() {},
+    info() {},
+    warn() {},
+    error: (message) => errors.push(message.replace(/\d+/, "N")),
+  };
+  return { errors, logger };
+}
+
+Deno.test("server: a handler that throws while open closes with 1011 and is logged once", async () => {
+  const { errors, logger } = errorLog();
+  const { server, uri } = serveLocal(() => {
+    throw new Error("boom");
+  }, { logger });
+  try {
+    const ws = await connect(uri);
+    const result = await ws.closed;
+    assert.deepEqual(
+      [result.code, result.reason, errors],
+      [1011, "internal error", ["connection N: error in connection handler"]],
+    );
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("server: the ConnectionClosed a handler gets after the close is not logged", async () => {
+  const { errors, logger } = errorLog();
+  const done = deferred();
+  const { server, uri } = serveLocal(async (ws) => {
+    try {
+      await ws.recv(); // throws ConnectionClosedError once the client left without a close frame
+    } finally {
+      done.resolve();
+    }
+  }, { logger });
+  try {
+    const ws = await connect(uri);
+    ws.abort();
+    await done.promise;
+    await ws.closed;
+    await server.close();
+    assert.deepEqual(errors, []);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("server: another error a handler throws after the close is logged", async () => {
+  const { errors, logger } = errorLog();
+  const done = deferred();
+  const { server, uri } = serveLocal(async (ws) => {
+    try {
+      await ws.closed;
+      throw new TypeError("late bug");
+    } finally {
+      done.resolve();
+    }
+  }, { logger });
+  try {
+    const ws = await connect(uri);
+    await ws.close();
+    await done.promise;
+    await server.close();
+    assert.deepEqual(errors, ["connection N: error in connection handler"]);
   } finally {
     await server.close();
   }
