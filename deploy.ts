@@ -33,6 +33,7 @@
 
 import { concat, utf8Length } from "./_bytes.ts";
 import { closeError, truncateReason } from "./_close.ts";
+import { zeroCounters } from "./_counters.ts";
 import type { SharedFrames } from "./_shared_frames.ts";
 import {
   Connection,
@@ -323,14 +324,7 @@ export class PlatformConnection extends Connection {
   #drainWaiters: { resolve(): void; reject(error: unknown): void }[] = [];
   #pollTimer: ReturnType<typeof setTimeout> | undefined;
   #pollDelay = FIRST_POLL_DELAY;
-  readonly #counters: TrafficCounters = {
-    messagesReceived: 0,
-    bytesReceived: 0,
-    wireBytesReceived: 0,
-    messagesSent: 0,
-    bytesSent: 0,
-    wireBytesSent: 0,
-  };
+  readonly #counters: TrafficCounters = zeroCounters();
 
   /**
    * Wraps `socket`, a server-side `WebSocket` from `Deno.upgradeWebSocket`

@@ -31,6 +31,7 @@
  */
 
 import { concat } from "./_bytes.ts";
+import { zeroCounters } from "./_counters.ts";
 import { closeError, truncateReason } from "./_close.ts";
 import { sha1 } from "./_sha1.ts";
 import {
@@ -428,14 +429,7 @@ export abstract class Protocol {
   /** Whether the end of the outgoing stream was requested. */
   eofSent = false;
   /** What was received and sent so far; see {@linkcode TrafficCounters}. */
-  readonly counters: TrafficCounters = {
-    messagesReceived: 0,
-    bytesReceived: 0,
-    wireBytesReceived: 0,
-    messagesSent: 0,
-    bytesSent: 0,
-    wireBytesSent: 0,
-  };
+  readonly counters: TrafficCounters = zeroCounters();
 
   /** Where frame traces and state changes go, if anywhere. */
   protected readonly logger: Logger | undefined;

@@ -19,6 +19,7 @@
 import { type ConnectionOptions, DEFAULTS, PRODUCT, runHandler } from "./abstract_connection.ts";
 import { StreamConnection, type StreamConnectionOptions } from "./stream_connection.ts";
 import type { Transport } from "./transport.ts";
+import { addCounters, zeroCounters } from "./_counters.ts";
 import { listenTcp, type TcpListener } from "./_node_net.ts";
 import { HandshakeTimeout, InvalidHandshake } from "./errors.ts";
 import { CloseCode } from "./frames.ts";
@@ -319,16 +320,6 @@ export interface ServerStats extends TrafficCounters {
   notUpgraded: number;
 }
 
-// Adds the counters of `from` to `into`.
-function addCounters(into: TrafficCounters, from: TrafficCounters): void {
-  into.messagesReceived += from.messagesReceived;
-  into.bytesReceived += from.bytesReceived;
-  into.wireBytesReceived += from.wireBytesReceived;
-  into.messagesSent += from.messagesSent;
-  into.bytesSent += from.bytesSent;
-  into.wireBytesSent += from.wireBytesSent;
-}
-
 // A WHATWG request for a route's respond(): the URL matched and the handshake request's headers.
 function toWebRequest(url: URL, request: Request): globalThis.Request {
   return new globalThis.Request(url, { headers: [...request.headers.rawItems()] });
@@ -391,14 +382,7 @@ export class Server implements AsyncDisposable {
   #closing = false;
   #closed = false;
   // The traffic of the connections that ended (see stats()), and connection counts.
-  readonly #closedTotals: TrafficCounters = {
-    messagesReceived: 0,
-    bytesReceived: 0,
-    wireBytesReceived: 0,
-    messagesSent: 0,
-    bytesSent: 0,
-    wireBytesSent: 0,
-  };
+  readonly #closedTotals: TrafficCounters = zeroCounters();
   #connectionsOpened = 0;
   #notUpgraded = 0;
   // One timer per server drops handshakes older than openTimeout, rather than a timer per
