@@ -153,7 +153,6 @@ function systemError(status: number, what: string): Error {
 /** A `Transport` over a TCP handle. */
 class HandleTransport implements Transport {
   readonly #handle: Handle;
-  readonly #bindings: Bindings;
   // Received and not yet read (only while nobody reads), and their size.
   #unread: Uint8Array[] | undefined;
   #unreadBytes = 0;
@@ -169,14 +168,12 @@ class HandleTransport implements Transport {
   #writeResolve: ((count: number) => void) | undefined;
   #writeReject: ((error: Error) => void) | undefined;
   #writeLength = 0;
+  // Asked of the socket when first needed (and before it closes, for those who ask later).
   #localAddr: Deno.NetAddr | undefined;
   #remoteAddr: Deno.NetAddr | undefined;
-  /** Writes reach the kernel synchronously. */
-  readonly syncWrites = true;
 
-  constructor(handle: Handle, found: Bindings) {
+  constructor(handle: Handle) {
     this.#handle = handle;
-    this.#bindings = found;
     handle.transport = this;
     handle.onread = onRead;
     handle.useUserBuffer(sharedBuffer());
@@ -325,7 +322,7 @@ class HandleTransport implements Transport {
       this.#error ??= systemError(status, "write");
       return Promise.reject(this.#error);
     }
-    if (this.#bindings.state[this.#bindings.lastWriteWasAsync] === 0) return data.length;
+    if (found!.state[found!.lastWriteWasAsync] === 0) return data.length;
     request.waited = true;
     this.#writeLength = data.length;
     return new Promise((resolve, reject) => {
@@ -400,11 +397,22 @@ class HandleTransport implements Transport {
 
   #closeHandle(): void {
     if (this.#handleClosed) return;
+    try {
+      this.#localAddr ??= this.#name("getsockname");
+      this.#remoteAddr ??= this.#name("getpeername");
+    } catch {
+      // the peer is gone already
+    }
     this.#handleClosed = true;
     const handle = this.#handle;
     handle.onread = null;
     handle.transport = undefined;
     handle.close();
+  }
+
+  /** Writes reach the kernel synchronously. */
+  get syncWrites(): boolean {
+    return true;
   }
 
   /** The local end of the socket. */
@@ -468,7 +476,7 @@ function onConnection(this: Handle, status: number): void {
     listening.failed(systemError(accepted, "accept"));
     return;
   }
-  listening.accepted(new HandleTransport(client, found));
+  listening.accepted(new HandleTransport(client));
 }
 
 /**

@@ -685,34 +685,47 @@ export function runHandler<C extends Connection>(
   connection: C,
   handler: (connection: C) => void | Promise<void>,
   logger: Pick<Logger, "error"> | undefined,
+  done?: (connection: C) => void,
 ): Promise<void> {
   // Not an async function: while the handler waits, the connection keeps one promise reaction
-  // rather than a suspended function of its own.
+  // rather than a suspended function of its own. `done` runs once the connection is closed.
   let returned: void | Promise<void>;
   try {
     returned = handler(connection);
   } catch (error) {
-    return handlerFailed(connection, error, logger);
+    return handlerFailed(connection, error, logger, done);
   }
-  if (!(returned instanceof Promise)) return closeAfterHandler(connection, logger);
+  if (!(returned instanceof Promise)) return closeAfterHandler(connection, logger, done);
   return returned.then(
-    () => closeAfterHandler(connection, logger),
-    (error) => handlerFailed(connection, error, logger),
+    () => closeAfterHandler(connection, logger, done),
+    (error) => handlerFailed(connection, error, logger, done),
   );
 }
 
-async function closeAfterHandler(
-  connection: Connection,
+async function closeAfterHandler<C extends Connection>(
+  connection: C,
   logger: Pick<Logger, "error"> | undefined,
+  done: ((connection: C) => void) | undefined,
 ): Promise<void> {
   try {
     await connection.close();
   } catch (error) {
-    await handlerFailed(connection, error, logger);
+    await handlerFailed(connection, error, logger, undefined);
   }
+  done?.(connection);
 }
 
-async function handlerFailed(
+async function handlerFailed<C extends Connection>(
+  connection: C,
+  error: unknown,
+  logger: Pick<Logger, "error"> | undefined,
+  done: ((connection: C) => void) | undefined,
+): Promise<void> {
+  await reportHandlerError(connection, error, logger);
+  done?.(connection);
+}
+
+async function reportHandlerError(
   connection: Connection,
   error: unknown,
   logger: Pick<Logger, "error"> | undefined,

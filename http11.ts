@@ -554,7 +554,7 @@ class MessageReader {
     let end = line.length;
     while (start < end && (line[start] === " " || line[start] === "\t")) start++;
     while (end > start && (line[end - 1] === " " || line[end - 1] === "\t")) end--;
-    headers.append(name, line.slice(start, end));
+    headers.append(common(name), common(line.slice(start, end)));
     this.numHeaders++;
   }
 
@@ -577,6 +577,54 @@ class MessageReader {
     this.remaining = size;
     this.phase = "chunk-data";
   }
+}
+
+// Header names and values that nearly every handshake has, spelled as they usually are: a
+// parsed header that matches one keeps this string rather than a copy of its own, so that a
+// server's idle connections don't each hold a copy of "Sec-WebSocket-Version: 13".
+const COMMON = new Map(
+  [
+    "Host",
+    "Upgrade",
+    "Connection",
+    "Sec-WebSocket-Key",
+    "Sec-WebSocket-Version",
+    "Sec-WebSocket-Extensions",
+    "Sec-WebSocket-Protocol",
+    "Sec-WebSocket-Accept",
+    "Origin",
+    "User-Agent",
+    "Accept-Encoding",
+    "Accept-Language",
+    "Cache-Control",
+    "Pragma",
+    "Cookie",
+    "Authorization",
+    "Server",
+    "Date",
+    "host",
+    "upgrade",
+    "connection",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-protocol",
+    "sec-websocket-accept",
+    "origin",
+    "user-agent",
+    "websocket",
+    "Upgrade",
+    "keep-alive, Upgrade",
+    "13",
+    "no-cache",
+    "gzip, deflate, br, zstd",
+    "gzip, deflate, br",
+    "permessage-deflate; client_max_window_bits",
+  ].map((text) => [text, text]),
+);
+
+function common(text: string): string {
+  return COMMON.get(text) ?? text;
 }
 
 function parseContentLength(headers: Headers): number | undefined {

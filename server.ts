@@ -594,14 +594,14 @@ export class Server implements AsyncDisposable {
   #run(connection: ServerConnection): void {
     this.#connections.add(connection);
     this.#connectionsOpened++;
-    runHandler(connection, this.#handler, this.#logger).then(() => this.#handlerDone(connection));
+    runHandler(connection, this.#handler, this.#logger, this.#handlerDone);
   }
 
-  #handlerDone(connection: ServerConnection): void {
+  #handlerDone = (connection: ServerConnection): void => {
     this.#connections.delete(connection);
     addCounters(this.#closedTotals, connection.protocol.counters);
     this.#taskDone();
-  }
+  };
 
   #taskDone(): void {
     if (--this.#active === 0 && this.#idleResolve !== undefined) {
