@@ -5,6 +5,7 @@
  *   deno run -A bench/run.ts [--full] [--deflate] [--servers a,b] [--clients a,b]
  *                            [--scenarios x,y] [--seconds S] [--warmup S] [--repeat N]
  *                            [--crowd N]
+ *   deno run -A bench/run.ts --soak [--minutes N] [--tcp node:net] [--no-compression] [--matrix]
  *
  * Each measurement starts a fresh server pinned to CPU 0 (`taskset -c 0`) and the load generator
  * pinned to CPU 1 (`taskset -c 1`), waits for the server's `listening on` line, runs one
@@ -19,6 +20,8 @@
  *
  * @module
  */
+
+import { soakMain } from "./soak.ts";
 
 const BENCH_DIR = new URL(".", import.meta.url).pathname.replace(/\/$/, "");
 const LOADGEN_SOURCE = `${BENCH_DIR}/loadgen.c`;
@@ -69,7 +72,9 @@ function usage(message?: string): never {
   console.error(
     "usage: deno run -A bench/run.ts [--full] [--deflate] [--servers a,b] [--clients a,b]\n" +
       "                                [--scenarios x,y] [--seconds S] [--warmup S] [--repeat N]\n" +
-      "                                [--crowd N]",
+      "                                [--crowd N]\n" +
+      "       deno run -A bench/run.ts --soak [--minutes N] [--tcp node:net] [--no-compression]\n" +
+      "                                       [--matrix] [--steady C] [--rate R]",
   );
   Deno.exit(64);
 }
@@ -1133,6 +1138,11 @@ function select(options: Options): Scenario[] {
 }
 
 async function main(): Promise<void> {
+  if (Deno.args.includes("--soak")) {
+    // The soak benchmark has options of its own (bench/soak.ts).
+    if (!(await soakMain(Deno.args))) Deno.exitCode = 1;
+    return;
+  }
   const options = parseOptions(Deno.args);
   const selected = select(options);
   const names = options.servers ??
