@@ -43,6 +43,11 @@ export interface SoakOptions {
   fdSlack: number;
   /** How much higher the last third's RSS peak may be than the middle third's. Default 0.10. */
   memoryTolerance: number;
+  /**
+   * How much more live heap (after a full garbage collection) the server may hold once every
+   * client has left than at the end of the warm-up (the first third). Default 0.10.
+   */
+  liveHeapTolerance: number;
   /** Where the chart and JSON go; `undefined` writes nothing. Default `bench/results`. */
   resultsDir?: string;
   /** Progress lines. Default: `console.log`. */
@@ -60,6 +65,7 @@ export const SOAK_DEFAULTS: SoakOptions = {
   graceSeconds: 20,
   fdSlack: 4,
   memoryTolerance: 0.10,
+  liveHeapTolerance: 0.10,
   resultsDir: `${BENCH_DIR}/results`,
   log: (line) => console.log(line),
 };
@@ -103,6 +109,8 @@ export interface SoakReport {
   final: SoakSample;
   /** RSS peaks of the middle and last thirds, bytes. */
   peaks: { middle: number; last: number };
+  /** Heap used after a full collection at the end of the warm-up and at the end, bytes. */
+  liveHeap: { warm: number; end: number };
   /** The steady clients' result line. */
   steady: Record<string, unknown>;
   /** The churn clients' result line. */
@@ -250,6 +258,7 @@ export async function runSoak(settings: Partial<SoakOptions> = {}): Promise<Soak
   ]);
   const failures: string[] = [];
   const server = new Child("server", [
+    "--v8-flags=--expose-gc",
     `${BENCH_DIR}/soak_server.ts`,
     ...["--port", `${port}`, "--tcp", options.tcp, ...compressionFlag, ...timeoutFlags],
   ]);
@@ -258,9 +267,9 @@ export async function runSoak(settings: Partial<SoakOptions> = {}): Promise<Soak
   try {
     await server.next("listening on", 30_000);
     const pid = server.process.pid;
-    const stats = async (): Promise<Record<string, unknown>> => {
-      await server.send("stats");
-      return parseResult(await server.next("stats ", 30_000));
+    const stats = async (command = "stats"): Promise<Record<string, unknown>> => {
+      await server.send(command);
+      return parseResult(await server.next(`${command} `, 30_000));
     };
     const sample = async (t: number): Promise<SoakSample> => {
       const s = await stats();
@@ -298,13 +307,18 @@ export async function runSoak(settings: Partial<SoakOptions> = {}): Promise<Soak
     ]);
     const started = performance.now();
     const samples: SoakSample[] = [];
+    const liveHeap = { warm: 0, end: 0 };
     for (let i = 0;; i++) {
       const due = started + i * options.sampleSeconds * 1000;
       if (due > started + seconds * 1000 + 1) break;
-      await sleep(due - performance.now());
+      await sleep(Math.max(0, due - performance.now()));
       const s = await sample((performance.now() - started) / 1000);
       samples.push(s);
       log(row(s));
+      if (liveHeap.warm === 0 && s.t >= seconds / 3) {
+        liveHeap.warm = Number((await stats("live")).heapUsed);
+        log(`soak: live heap after the warm-up: ${mib(liveHeap.warm)} MiB`);
+      }
     }
     const churnResult = parseResult(await churn.next("result ", DROP_WITHIN + 60_000));
     await server.send("finish");
@@ -327,6 +341,8 @@ export async function runSoak(settings: Partial<SoakOptions> = {}): Promise<Soak
     }
     log(`${row(final)}  (after every client left)`);
     const serverStats = await stats();
+    liveHeap.end = Number((await stats("live")).heapUsed);
+    log(`soak: live heap at the end: ${mib(liveHeap.end)} MiB`);
 
     // ---- The criteria ----
     for (const [name, result] of [["steady", steadyResult], ["churn", churnResult]] as const) {
@@ -373,6 +389,14 @@ export async function runSoak(settings: Partial<SoakOptions> = {}): Promise<Soak
       );
     }
 
+    if (liveHeap.end > liveHeap.warm * (1 + options.liveHeapTolerance)) {
+      failures.push(
+        `memory: the live heap once every client left, ${mib(liveHeap.end)} MiB, is more than ` +
+          `${options.liveHeapTolerance * 100} % above the live heap after the warm-up, ` +
+          `${mib(liveHeap.warm)} MiB`,
+      );
+    }
+
     const { log: _, ...recorded } = options;
     return {
       options: recorded,
@@ -380,6 +404,7 @@ export async function runSoak(settings: Partial<SoakOptions> = {}): Promise<Soak
       samples,
       final,
       peaks,
+      liveHeap,
       steady: steadyResult,
       churn: churnResult,
       server: serverStats,
@@ -427,6 +452,8 @@ export function soakSummary(report: SoakReport): string {
     `${row(report.final)}  (after every client left)`,
     `RSS peak: middle third ${mib(report.peaks.middle)} MiB, last third ${
       mib(report.peaks.last)
+    } MiB; live heap: after the warm-up ${mib(report.liveHeap.warm)} MiB, at the end ${
+      mib(report.liveHeap.end)
     } MiB`,
     `churn clients started: ${
       JSON.stringify(report.churn.started)

@@ -14,6 +14,8 @@
  *   lets it, for clients that never read: keepalive and the close timeout must drop them.
  *
  * Commands, one per line on stdin: `stats` prints `stats {JSON}` (connections, memory, errors),
+ * `live` the same as `live {JSON}` after a full garbage collection (run with
+ * `--v8-flags=--expose-gc`),
  * `finish` stops the broadcasts, sends `end SEQ` (the last sequence number) to the room and
  * prints `finished SEQ`; `exit` closes the server and exits. Uncaught errors, unhandled
  * rejections and every error the library logs are counted and reported in `stats`, never fatal.
@@ -183,6 +185,10 @@ for await (const line of Deno.stdin.readable.pipeThrough(new TextDecoderStream()
   for (const command of line.split("\n").map((l) => l.trim()).filter(Boolean)) {
     if (command === "stats") {
       console.log(`stats ${JSON.stringify(stats())}`);
+    } else if (command === "live") {
+      // The heap that is still reachable: after a full collection (needs --expose-gc).
+      (globalThis as { gc?: () => void }).gc?.();
+      console.log(`live ${JSON.stringify(stats())}`);
     } else if (command === "finish") {
       clearInterval(ticker);
       broadcast(room, `end ${seq}`);
