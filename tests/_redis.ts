@@ -7,12 +7,6 @@ const HOST = "127.0.0.1";
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-/** Whether we run under CI, where a missing redis-server is a failure, not a skip. */
-export const IN_CI: boolean = (() => {
-  const value = Deno.env.get("CI");
-  return value !== undefined && value !== "" && value !== "false" && value !== "0";
-})();
-
 async function runs(command: string, args: string[]): Promise<boolean> {
   try {
     const { success } = await new Deno.Command(command, {

@@ -8,6 +8,7 @@ import { connect } from "../client.ts";
 import type { StreamConnection } from "../connection.ts";
 import { ChatServer } from "../examples/chat/chat_server.ts";
 import { parseClientMessage } from "../examples/chat/messages.ts";
+import { ignoreWithout } from "./_ci.ts";
 
 const MAIN = new URL("../examples/chat/main.ts", import.meta.url).pathname;
 const PAGE = await Deno.readTextFile(new URL("../examples/chat/index.html", import.meta.url));
@@ -425,7 +426,7 @@ async function killBrowsersUsing(profile: string): Promise<void> {
 
 Deno.test({
   name: "demo: two people chat in chromium, see each other online and reconnect after a restart",
-  ignore: !hasChromium && !Deno.env.get("CI"),
+  ignore: ignoreWithout(hasChromium),
   // playwright keeps internal timers and pipes across its calls.
   sanitizeOps: false,
   sanitizeResources: false,

@@ -9,12 +9,12 @@ import assert from "node:assert/strict";
 import { connect } from "../client.ts";
 import type { Message, StreamConnection } from "../connection.ts";
 import type { ServerConnection } from "../server.ts";
+import { ignoreWithout } from "./_ci.ts";
 import {
   commandSucceeds,
   deferred,
   echo,
   HOST,
-  IN_CI,
   PeerProcess,
   randomBytes,
   selfSignedCert,
@@ -101,7 +101,7 @@ const peers = [await nodePeer(), await pythonPeer()];
 function peerTest(peer: Peer, behaviour: string, fn: () => Promise<void>): void {
   Deno.test({
     name: `interop: ${peer.name} ${behaviour}`,
-    ignore: !peer.available && !IN_CI,
+    ignore: ignoreWithout(peer.available),
     fn: async () => {
       if (!peer.available) assert.fail(`${peer.name} peer missing: ${peer.why}`);
       await fn();

@@ -18,7 +18,8 @@ import {
   type RoomOptions,
 } from "../pubsub.ts";
 import { serve, type Server, type ServerConnection } from "../server.ts";
-import { findRedisServer, IN_CI, redisCommand, type RedisServer, startRedis } from "./_redis.ts";
+import { ignoreWithout } from "./_ci.ts";
+import { findRedisServer, redisCommand, type RedisServer, startRedis } from "./_redis.ts";
 
 const HOST = "127.0.0.1";
 const EXAMPLE = new URL("../examples/cluster_server.ts", import.meta.url).pathname;
@@ -27,7 +28,7 @@ const WORKER = new URL("./_pubsub_worker.ts", import.meta.url);
 // Without redis-server (and no way to install it) the Redis tests are skipped
 // where everyone sees it, except under CI, where they fail.
 const HAVE_REDIS = (await findRedisServer()) !== undefined;
-const SKIP_REDIS = !HAVE_REDIS && !IN_CI;
+const SKIP_REDIS = ignoreWithout(HAVE_REDIS);
 if (SKIP_REDIS) {
   console.warn(
     "pubsub_test: redis-server is missing and couldn't be installed: Redis tests SKIPPED",
