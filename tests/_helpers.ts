@@ -47,6 +47,26 @@ export async function within<T>(promise: Promise<T>, ms: number, what: string): 
   }
 }
 
+/**
+ * How late a timer may fire in a test, in ms. The suite runs `--parallel` on loaded machines,
+ * where timers and I/O run seconds late; an upper bound on a timeout is its nominal time plus
+ * this. It stays well under the library's default timeouts (10 s and more), so a test still
+ * fails when an option is ignored (its default would apply) or the timeout never fires.
+ */
+export const TIMER_SLACK = 5_000;
+
+/**
+ * Asserts that `elapsed` ms is at least `atLeast` (a timeout never fires early: a lower bound
+ * can't flake, a machine is never faster than its clock) and under `nominal + TIMER_SLACK`.
+ */
+export function assertTook(elapsed: number, atLeast: number, nominal: number, what: string): void {
+  const limit = nominal + TIMER_SLACK;
+  assert.ok(
+    elapsed >= atLeast && elapsed < limit,
+    `${what} after ${Math.round(elapsed)} ms, expected from ${atLeast} ms to under ${limit} ms`,
+  );
+}
+
 /** Whether `promise` is still pending after `ms`. */
 export async function pendingAfter(promise: Promise<unknown>, ms: number): Promise<boolean> {
   const timeout = Symbol("timeout");
