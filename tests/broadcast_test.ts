@@ -10,6 +10,7 @@ import { ConcurrencyError } from "../errors.ts";
 import { Close, Frame, FrameReader, Opcode } from "../frames.ts";
 import { ServerPerMessageDeflateFactory } from "../permessage_deflate.ts";
 import { serve, type ServeOptions, type Server, type ServerConnection } from "../server.ts";
+import { assertTook } from "./_helpers.ts";
 
 const HOST = "127.0.0.1";
 const encoder = new TextEncoder();
@@ -752,7 +753,7 @@ Deno.test("broadcast: a slow connection that never reads is dropped after closeT
       code: 1006,
       wasClean: false,
     });
-    assert.ok(elapsed < 2_000, `closed after ${elapsed} ms`);
+    assertTook(elapsed, 0, 300, "closed");
     assert.equal(run.fast.state, State.OPEN);
   } finally {
     closeQuietly(raw);
@@ -799,11 +800,12 @@ Deno.test("broadcast: 1 000 clients each receive the message", async () => {
   try {
     const start = performance.now();
     broadcast(fixture.server.connections, "to a thousand");
-    const got = await Promise.all(clients.map((client) => recvWithin(client, 10_000)));
+    // Generous: this is a capacity test, not a benchmark (`deno task bench` measures speed).
+    const got = await Promise.all(clients.map((client) => recvWithin(client, 30_000)));
     const elapsed = performance.now() - start;
     assert.deepEqual(new Set(got), new Set(["to a thousand"]));
     assert.equal(got.length, 1000);
-    assert.ok(elapsed < 10_000, `delivered in ${elapsed} ms`);
+    assert.ok(elapsed < 30_000, `delivered in ${elapsed} ms`);
   } finally {
     await closeAll(clients);
     await fixture.close();

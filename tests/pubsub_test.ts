@@ -798,12 +798,12 @@ Deno.test({
       const crossed = (inbox: Inbox, prefix: string) =>
         inbox.messages.some((message) => typeof message === "string" && message.startsWith(prefix));
       for (let probe = 0; !crossed(b1, "probe "); probe++) {
-        assert.ok(probe < 100, "delivery from A to B didn't resume within 10 s");
+        assert.ok(probe < 300, "delivery from A to B didn't resume within 30 s");
         await clients[0].send(`probe ${probe}`);
         await delay(100);
       }
       for (let probe = 0; !crossed(a2, "reverse "); probe++) {
-        assert.ok(probe < 100, "delivery from B to A didn't resume within 10 s");
+        assert.ok(probe < 300, "delivery from B to A didn't resume within 30 s");
         await clients[2].send(`reverse ${probe}`);
         await delay(100);
       }

@@ -10,6 +10,7 @@ import { Headers } from "../headers.ts";
 import { Response } from "../http11.ts";
 import { basicAuth, serve, SERVER_HEADER } from "../server.ts";
 import {
+  assertTook,
   deferred,
   delay,
   echo,
@@ -23,6 +24,7 @@ import {
   rejection,
   selfSignedCert,
   serveLocal,
+  TIMER_SLACK,
   within,
 } from "./_helpers.ts";
 
@@ -252,14 +254,14 @@ Deno.test("server: basicAuth answers 401 with WWW-Authenticate without valid cre
 
 Deno.test("server: a client sending half a request is dropped within openTimeout", async () => {
   const { server } = serveLocal(echo, { openTimeout: 200 });
+  const started = performance.now(); // before the server's timer can start
   const peer = await RawPeer.connect(server.port);
   try {
-    const started = performance.now();
     await peer.write(`GET / HTTP/1.1\r\nHost: ${HOST}\r\nUpgrade: webso`);
-    const rest = await within(peer.readToEnd(), 3000, "server closes");
+    const rest = await within(peer.readToEnd(), 200 + TIMER_SLACK, "server closes");
     const elapsed = performance.now() - started;
     assert.deepEqual(rest, new Uint8Array(0));
-    assert.ok(elapsed >= 150 && elapsed < 1500, `dropped after ${elapsed} ms`);
+    assertTook(elapsed, 190, 200, "dropped");
   } finally {
     peer.close();
     await server.close();
@@ -268,12 +270,13 @@ Deno.test("server: a client sending half a request is dropped within openTimeout
 
 Deno.test("server: a client sending nothing is dropped within openTimeout", async () => {
   const { server } = serveLocal(echo, { openTimeout: 200 });
+  const started = performance.now(); // before the server's timer can start
   const peer = await RawPeer.connect(server.port);
   try {
-    const started = performance.now();
-    assert.deepEqual(await within(peer.readToEnd(), 3000, "server closes"), new Uint8Array(0));
+    const rest = await within(peer.readToEnd(), 200 + TIMER_SLACK, "server closes");
     const elapsed = performance.now() - started;
-    assert.ok(elapsed >= 150 && elapsed < 1500, `dropped after ${elapsed} ms`);
+    assert.deepEqual(rest, new Uint8Array(0));
+    assertTook(elapsed, 190, 200, "dropped");
   } finally {
     peer.close();
     await server.close();
@@ -550,11 +553,12 @@ Deno.test("server: close() drops handshakes still in progress after closeTimeout
     await peer.write(`GET / HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`);
     await delay(50);
     const started = performance.now();
-    await within(server.close(), 3000, "server.close()");
+    await within(server.close(), 300 + TIMER_SLACK, "server.close()");
     const closing = performance.now() - started;
-    // Nothing outlives close(): the socket is already closed.
-    assert.deepEqual(await within(peer.readToEnd(), 200, "EOF"), new Uint8Array(0));
-    assert.ok(closing >= 250 && closing < 1500, `close() took ${closing} ms`);
+    // Nothing outlives close(): the socket is already closed (else EOF would come only after
+    // openTimeout, 10 s).
+    assert.deepEqual(await within(peer.readToEnd(), TIMER_SLACK, "EOF"), new Uint8Array(0));
+    assertTook(closing, 250, 300, "close() ended");
   } finally {
     peer.close();
     await server.close();
@@ -562,18 +566,19 @@ Deno.test("server: close() drops handshakes still in progress after closeTimeout
 });
 
 Deno.test("server: close() drops at once connections that haven't sent a whole request", async () => {
-  const { server } = serveLocal(echo, { closeTimeout: 5_000, openTimeout: 10_000 });
+  // closeTimeout and openTimeout well over TIMER_SLACK: "at once" is told apart from either.
+  const { server } = serveLocal(echo, { closeTimeout: 15_000, openTimeout: 20_000 });
   const idle = await RawPeer.connect(server.port);
   const partial = await RawPeer.connect(server.port);
   try {
     await partial.write(`GET / HTTP/1.1\r\nHost: ${HOST}\r\n`);
     await delay(50);
     const started = performance.now();
-    await within(server.close(), 3000, "server.close()");
+    await within(server.close(), 2 * TIMER_SLACK, "server.close()");
     const closing = performance.now() - started;
-    assert.deepEqual(await within(idle.readToEnd(), 200, "EOF"), new Uint8Array(0));
-    assert.deepEqual(await within(partial.readToEnd(), 200, "EOF"), new Uint8Array(0));
-    assert.ok(closing < 1000, `close() took ${closing} ms`);
+    assert.deepEqual(await within(idle.readToEnd(), TIMER_SLACK, "EOF"), new Uint8Array(0));
+    assert.deepEqual(await within(partial.readToEnd(), TIMER_SLACK, "EOF"), new Uint8Array(0));
+    assertTook(closing, 0, 0, "close() ended");
   } finally {
     idle.close();
     partial.close();
@@ -620,8 +625,9 @@ Deno.test("server: handles 1000 concurrent connections", async () => {
     const replies = await Promise.all(clients.map((ws) => ws.recv()));
     assert.deepEqual(replies, clients.map((_, i) => `message ${i}`));
     await Promise.all(clients.map((ws) => ws.close()));
+    // Generous: this is a capacity test, not a benchmark (`deno task bench` measures speed).
     const elapsed = performance.now() - started;
-    assert.ok(elapsed < 15_000, `took ${elapsed} ms`);
+    assert.ok(elapsed < 60_000, `took ${elapsed} ms`);
   } finally {
     await Promise.all(clients.map((ws) => ws.close()));
     await server.close();
@@ -759,15 +765,15 @@ Deno.test("server: send() waits for a client that doesn't read, and close() stil
     const buffered = await within(waited.promise, 10_000, "send waiting");
     assert.ok(buffered > 32 * 1024, `bufferedAmount ${buffered}`);
     const started = performance.now();
-    await within(server.close(), 3000, "server.close()");
+    await within(server.close(), 300 + TIMER_SLACK, "server.close()");
     const elapsed = performance.now() - started;
-    const error = await within(sendError.promise, 1000, "send error");
+    const error = await within(sendError.promise, TIMER_SLACK, "send error");
     assert.ok(error instanceof ConnectionClosedError);
     assert.deepEqual([error.sent, error.rcvd], [
       new Close(1001, "server shutting down"),
       undefined,
     ]);
-    assert.ok(elapsed >= 250 && elapsed < 1500, `close() took ${elapsed} ms`);
+    assertTook(elapsed, 250, 300, "close() ended");
   } finally {
     peer.close();
     await server.close();
