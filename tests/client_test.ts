@@ -535,7 +535,7 @@ Deno.test("client: the reconnection loop closes each connection once the body is
       seen.push(ws);
       if (seen.length === 3) break;
     }
-    assert.equal((await within(seen[2].closed, 2000, "closed after break")).code, 1000);
+    assert.equal((await within(seen[2].closed, TIMER_SLACK, "closed after break")).code, 1000);
     assert.equal(server.connections.size, 0);
     assert.deepEqual(closes, [1000, 1000, 1000]);
     // Leaving by an exception closes it too.

@@ -125,7 +125,7 @@ Deno.test("connection: an iterable is sent as one fragmented message, one frame 
     })());
     await ws.send([]); // nothing at all
     await ws.send(["single"]);
-    assert.deepEqual(await within(frames.promise, 2000, "frames"), [
+    assert.deepEqual(await within(frames.promise, TIMER_SLACK, "frames"), [
       { opcode: Opcode.TEXT, fin: false, data: "Hel" },
       { opcode: Opcode.CONT, fin: true, data: "lo" },
       { opcode: Opcode.BINARY, fin: false, data: "\x01" },
@@ -199,7 +199,7 @@ Deno.test("connection: the close code and reason from the client reach the serve
   const ws = await connect(uri);
   try {
     await ws.close(4000, "bye ✓");
-    assert.deepEqual(await within(seen.promise, 2000, "server side"), {
+    assert.deepEqual(await within(seen.promise, TIMER_SLACK, "server side"), {
       error: "ConnectionClosedError",
       code: 4000,
       reason: "bye ✓",
@@ -283,7 +283,7 @@ Deno.test("connection: messages received before the close are delivered after it
   });
   const ws = await connect(uri);
   try {
-    const result = await within(ws.closed, 2000, "close");
+    const result = await within(ws.closed, TIMER_SLACK, "close");
     assert.equal(result.code, 1000);
     assert.deepEqual([await ws.recv(), await ws.recv(), await ws.recv()], ["a", "b", "c"]);
     const error = await rejection(ws.recv());
@@ -372,7 +372,7 @@ Deno.test("connection: writable sends each chunk and closing it closes the conne
   const ws = await connect(uri);
   try {
     await ReadableStream.from<Message>(["one", new Uint8Array([2]), "three"]).pipeTo(ws.writable);
-    assert.deepEqual(await within(seen.promise, 2000, "server side"), {
+    assert.deepEqual(await within(seen.promise, TIMER_SLACK, "server side"), {
       received: ["one", new Uint8Array([2]), "three"],
       code: 1000,
     });
@@ -395,7 +395,7 @@ Deno.test("connection: await using closes the connection with 1001", async () =>
       connection = ws;
       await ws.send("hi");
     }
-    assert.deepEqual([connection.state, await within(seen.promise, 2000, "server side")], [
+    assert.deepEqual([connection.state, await within(seen.promise, TIMER_SLACK, "server side")], [
       State.CLOSED,
       1001,
     ]);
@@ -424,7 +424,7 @@ Deno.test("connection: closing during a fragmented send fails the connection wit
     await ws.close();
     gate.resolve();
     assert.ok((await rejection(sending)) instanceof ConnectionClosedError);
-    assert.equal(await within(seen.promise, 2000, "server side"), 1011);
+    assert.equal(await within(seen.promise, TIMER_SLACK, "server side"), 1011);
   } finally {
     await server.close();
   }
@@ -463,7 +463,7 @@ Deno.test("connection: a server receiving a message over maxSize closes with 100
     const error = await rejection(ws.recv());
     assert.ok(error instanceof ConnectionClosedError);
     const expected = new Close(1009, "message too big: 1001 bytes exceeds maxSize of 1000 bytes");
-    assert.deepEqual([error.rcvd, await within(seen.promise, 2000, "server side")], [
+    assert.deepEqual([error.rcvd, await within(seen.promise, TIMER_SLACK, "server side")], [
       expected,
       expected,
     ]);
@@ -486,7 +486,7 @@ Deno.test("connection: a message over maxSize spread over fragments closes with 
   try {
     const error = await rejection(ws.recv());
     assert.ok(error instanceof ConnectionClosedError);
-    assert.deepEqual(await within(closes.promise, 2000, "close frame"), {
+    assert.deepEqual(await within(closes.promise, TIMER_SLACK, "close frame"), {
       code: 1009,
       reason: "message too big: 1200 bytes exceeds maxSize of 1000 bytes",
     });
@@ -890,11 +890,11 @@ Deno.test("connection: a server receiving an unmasked frame closes with 1002 and
   const peer = await rawClient(server.port);
   try {
     await peer.write(new Frame(Opcode.TEXT, encoder.encode("unmasked")).serialize({ mask: false }));
-    assert.deepEqual(closeOf(await within(peer.readFrame(), 2000, "close frame")), {
+    assert.deepEqual(closeOf(await within(peer.readFrame(), TIMER_SLACK, "close frame")), {
       code: 1002,
       reason: "incorrect masking: frame must be masked",
     });
-    assert.equal(await within(peer.readFrame(), 2000, "EOF"), undefined);
+    assert.equal(await within(peer.readFrame(), TIMER_SLACK, "EOF"), undefined);
   } finally {
     peer.close();
     await server.close();
@@ -908,7 +908,7 @@ Deno.test("connection: a server receiving invalid UTF-8 text closes with 1007", 
     await peer.write(
       new Frame(Opcode.TEXT, new Uint8Array([0x68, 0xc3, 0x28])).serialize({ mask: true }),
     );
-    assert.deepEqual(closeOf(await within(peer.readFrame(), 2000, "close frame")), {
+    assert.deepEqual(closeOf(await within(peer.readFrame(), TIMER_SLACK, "close frame")), {
       code: 1007,
       reason: "invalid UTF-8 in text message",
     });
@@ -1080,7 +1080,7 @@ Deno.test("connection: maxSize counts decompressed bytes: a small compressed mes
     assert.ok(error instanceof ConnectionClosedError);
     assert.ok(error.cause instanceof PayloadTooBig);
     assert.deepEqual([error.sent?.code, error.cause.maxSize], [1009, 10_000]);
-    assert.deepEqual((await within(seen.promise, 2000, "server side") as Close).code, 1009);
+    assert.deepEqual((await within(seen.promise, TIMER_SLACK, "server side") as Close).code, 1009);
   } finally {
     await server.close();
   }
@@ -1132,8 +1132,8 @@ Deno.test("connection: a browser-sized handshake request is read at once, then r
     },
   });
   connection.start();
-  await within(connection.handshake, 3000, "handshake");
-  await within(secondRead.promise, 3000, "the read after the handshake");
+  await within(connection.handshake, TIMER_SLACK, "handshake");
+  await within(secondRead.promise, TIMER_SLACK, "the read after the handshake");
   assert.deepEqual(readSizes, [1024, 256]);
   assert.match(new TextDecoder().decode(written[0]), /^HTTP\/1\.1 101 /);
   connection.abort();

@@ -19,6 +19,7 @@ import {
   randomBytes,
   selfSignedCert,
   serveLocal,
+  TIMER_SLACK,
   within,
 } from "./_helpers.ts";
 
@@ -166,7 +167,7 @@ for (const peer of peers) {
     const { process, uri } = await peerServer(peer);
     try {
       const ws = await connect(uri);
-      const latency = await within(ws.ping(), 2000, "pong");
+      const latency = await within(ws.ping(), TIMER_SLACK, "pong");
       await ws.send("!ping");
       assert.deepEqual([latency >= 0, await ws.recv()], [true, "!pong-ok peer-ping"]);
       await ws.close();
@@ -182,7 +183,7 @@ for (const peer of peers) {
       await ours.close(4000, "bye ü");
       const theirs = await connect(uri);
       await theirs.send("!close 4001 peer bye");
-      const result = await within(theirs.closed, 3000, "peer close");
+      const result = await within(theirs.closed, TIMER_SLACK, "peer close");
       const first = await process.next("close");
       assert.deepEqual(
         [
@@ -382,7 +383,7 @@ Deno.test("interop: Deno WebSocket → our server: close codes and reasons both 
   });
   try {
     const first = new BuiltinClient(uri);
-    const closedByServer = await within(first.closed, 3000, "server close");
+    const closedByServer = await within(first.closed, TIMER_SLACK, "server close");
     const second = new BuiltinClient(uri);
     await second.opened;
     second.socket.close(4001, "client bye");
@@ -391,7 +392,7 @@ Deno.test("interop: Deno WebSocket → our server: close codes and reasons both 
       [
         [closedByServer.code, closedByServer.reason, closedByServer.wasClean],
         [closedByClient.code, closedByClient.reason],
-        await within(fromClient.promise, 3000, "server side"),
+        await within(fromClient.promise, TIMER_SLACK, "server side"),
       ],
       [[4000, "bye ü", true], [4001, "client bye"], {
         code: 4001,
@@ -463,7 +464,7 @@ Deno.test("interop: our client → Deno.upgradeWebSocket: messages, fragments an
     const big = randomBytes(10 * MIB, 5);
     await ws.send(big);
     const bigReply = await ws.recv();
-    const latency = await within(ws.ping(), 2000, "pong");
+    const latency = await within(ws.ping(), TIMER_SLACK, "pong");
     assert.deepEqual([replies, sameBytes(bigReply, big), ws.extensions.length, latency >= 0], [
       [...MESSAGES, "fragmented"],
       true,
@@ -484,7 +485,7 @@ Deno.test("interop: our client → Deno.upgradeWebSocket: close codes and reason
     await ours.close(4000, "bye ü");
     const theirs = await connect(uri);
     await theirs.send("!close 4001 server bye");
-    const result = await within(theirs.closed, 3000, "server close");
+    const result = await within(theirs.closed, TIMER_SLACK, "server close");
     await within(
       (async () => {
         while (closes.length < 2) await new Promise((resolve) => setTimeout(resolve, 5));

@@ -516,7 +516,7 @@ Deno.test("server: the connection closes with 1000 when the handler returns", as
   const { server, uri } = serveLocal(() => {});
   try {
     const ws = await connect(uri);
-    const result = await within(ws.closed, 2000, "close");
+    const result = await within(ws.closed, TIMER_SLACK, "close");
     assert.deepEqual([result.code, result.wasClean], [1000, true]);
   } finally {
     await server.close();
@@ -528,7 +528,7 @@ Deno.test("server: close() closes every connection with 1001 and stops accepting
   const clients: StreamConnection[] = [];
   for (let i = 0; i < 3; i++) clients.push(await connect(uri));
   assert.equal(server.connections.size, 3);
-  await within(server.close(), 3000, "server.close()");
+  await within(server.close(), TIMER_SLACK, "server.close()");
   const results = await Promise.all(clients.map((ws) => ws.closed));
   assert.deepEqual(results.map((result) => [result.code, result.reason]), [
     [1001, "server shutting down"],
@@ -591,7 +591,7 @@ Deno.test("server: aborting the signal closes the server", async () => {
   const { server, uri } = serveLocal(echo, { signal: controller.signal });
   const ws = await connect(uri);
   controller.abort();
-  await within(server.finished, 3000, "server finished");
+  await within(server.finished, TIMER_SLACK, "server finished");
   assert.equal((await ws.closed).code, 1001);
 });
 

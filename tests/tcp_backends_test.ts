@@ -42,7 +42,7 @@ for (const tcp of BACKENDS) {
     }, { ...OPTIONS, tcp });
     try {
       const client = await connect(uri, OPTIONS);
-      assert.equal(await within(seen.promise, 3000, "handler"), tcp);
+      assert.equal(await within(seen.promise, TIMER_SLACK, "handler"), tcp);
       await client.closed;
     } finally {
       await server.close();
@@ -192,7 +192,7 @@ for (const tcp of BACKENDS) {
     await peer.write(new Uint8Array([0x82, 0xff, 0, 0, 0, 0, 0, 0x10, 0, 0, 1, 2, 3, 4, 5, 6]));
     peer.close();
     try {
-      assert.equal(await within(result.promise, 3000, "closed"), 1006);
+      assert.equal(await within(result.promise, TIMER_SLACK, "closed"), 1006);
       // The server goes on serving.
       const client = await connect(`ws://${HOST}:${server.port}/`, OPTIONS);
       await client.close();
@@ -220,7 +220,7 @@ for (const tcp of BACKENDS) {
       for (let i = 0; i < 100; i++) broadcast(room, `news ${i}`);
       for (const client of clients) {
         for (let i = 0; i < 100; i++) {
-          assert.equal(await within(client.recv(), 3000, `message ${i}`), `news ${i}`);
+          assert.equal(await within(client.recv(), TIMER_SLACK, `message ${i}`), `news ${i}`);
         }
       }
     } finally {
@@ -236,7 +236,7 @@ for (const tcp of BACKENDS) {
     }, { ...OPTIONS, tcp });
     try {
       const client = await connect(uri, OPTIONS);
-      const [local, remote] = await within(addrs.promise, 3000, "addresses");
+      const [local, remote] = await within(addrs.promise, TIMER_SLACK, "addresses");
       assert.deepEqual({ ...local }, { ...client.remoteAddr });
       assert.deepEqual({ ...remote }, { ...client.localAddr });
       await client.closed;
@@ -287,7 +287,7 @@ Deno.test("tcp node:net: a host name is served through Deno.listen", async () =>
   }, { ...OPTIONS, tcp: "node:net", hostname: "localhost", port: 0 });
   try {
     const client = await connect(`ws://127.0.0.1:${server.port}/`, OPTIONS);
-    assert.equal(await within(seen.promise, 3000, "handler"), "Deno.listen");
+    assert.equal(await within(seen.promise, TIMER_SLACK, "handler"), "Deno.listen");
     await client.closed;
   } finally {
     await server.close();
@@ -308,7 +308,7 @@ Deno.test("tcp node:net: bufferedAmount counts what the socket still holds for a
   try {
     await peer.write(handshakeRequest(server.port));
     await peer.readHead();
-    const amount = await within(buffered.promise, 3000, "bufferedAmount");
+    const amount = await within(buffered.promise, TIMER_SLACK, "bufferedAmount");
     // 8 MiB queued (maybe in one write with the handshake response); the kernel's buffers
     // hold a few MiB at most on loopback, and a write counts until the kernel has all of it.
     assert.ok(
@@ -328,7 +328,7 @@ Deno.test("tcp: the default is Deno.listen", async () => {
   }, OPTIONS);
   try {
     const client = await connect(uri, OPTIONS);
-    assert.equal(await within(seen.promise, 3000, "handler"), "Deno.listen");
+    assert.equal(await within(seen.promise, TIMER_SLACK, "handler"), "Deno.listen");
     await client.closed;
   } finally {
     await server.close();
@@ -361,7 +361,7 @@ Deno.test("tcp node:net: frames arriving a byte at a time are parsed", async () 
       await peer.write(new Uint8Array([byte]));
       await new Promise((resolve) => setTimeout(resolve, 1));
     }
-    const echoed = await within(peer.readFrame(), 3000, "echo");
+    const echoed = await within(peer.readFrame(), TIMER_SLACK, "echo");
     assert.equal(echoed?.opcode, Opcode.TEXT);
     assert.equal(new TextDecoder().decode(echoed?.data), "hello");
   } finally {
@@ -382,7 +382,7 @@ Deno.test("tcp node:net: with tls the server serves wss: through Deno.listenTls"
       ...OPTIONS,
       caCerts: [tls.cert],
     });
-    assert.equal(await within(seen.promise, 3000, "handler"), "Deno.listen");
+    assert.equal(await within(seen.promise, TIMER_SLACK, "handler"), "Deno.listen");
     await client.send("secret");
     assert.equal(await client.recv(), "secret");
     await client.close();
@@ -410,7 +410,7 @@ Deno.test("tcp node:net: a runtime without node:net's TCP handles falls back to 
   }
   try {
     const client = await connect(`ws://${HOST}:${server.port}/`, OPTIONS);
-    assert.equal(await within(seen.promise, 3000, "handler"), "Deno.listen");
+    assert.equal(await within(seen.promise, TIMER_SLACK, "handler"), "Deno.listen");
     await client.closed;
   } finally {
     await server.close();
