@@ -21,6 +21,7 @@
  * @module
  */
 
+import { walkArgs } from "./_args.ts";
 import { soakMain } from "./soak.ts";
 
 const BENCH_DIR = new URL(".", import.meta.url).pathname.replace(/\/$/, "");
@@ -88,22 +89,7 @@ function parseOptions(args: string[]): Options {
     repeat: 3,
     crowd: CROWD,
   };
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i];
-    const [name, inline] = arg.includes("=") ? arg.split("=", 2) : [arg, undefined];
-    const value = (): string => {
-      const v = inline ?? args[++i];
-      if (v === undefined) usage(`${name} needs a value`);
-      return v;
-    };
-    const number = (lo: number, hi: number): number => {
-      const text = value();
-      const n = Number(text);
-      if (!Number.isFinite(n) || n < lo || n > hi) {
-        usage(`${name} must be a number from ${lo} to ${hi}, got ${text}`);
-      }
-      return n;
-    };
+  walkArgs(args, usage, ({ name, text, value, number }) => {
     switch (name) {
       case "--full":
         options.full = true;
@@ -137,9 +123,9 @@ function parseOptions(args: string[]): Options {
         usage();
         break;
       default:
-        usage(`unknown option ${arg}`);
+        usage(`unknown option ${text}`);
     }
-  }
+  });
   return options;
 }
 

@@ -21,6 +21,8 @@
  * @module
  */
 
+import { walkArgs } from "./_args.ts";
+
 const BENCH_DIR = new URL(".", import.meta.url).pathname.replace(/\/$/, "");
 
 /** The settings of one soak run. */
@@ -530,21 +532,7 @@ export function parseSoakArgs(args: string[]): { runs: Partial<SoakOptions>[] } 
   let tcp: SoakOptions["tcp"] | undefined;
   let compression: boolean | undefined;
   let matrix = false;
-  for (let i = 0; i < args.length; i++) {
-    const [name, inline] = args[i].includes("=") ? args[i].split("=", 2) : [args[i], undefined];
-    const value = (): string => {
-      const v = inline ?? args[++i];
-      if (v === undefined) usage(`${name} needs a value`);
-      return v;
-    };
-    const number = (lo: number, hi: number): number => {
-      const text = value();
-      const n = Number(text);
-      if (!Number.isFinite(n) || n < lo || n > hi) {
-        usage(`${name} must be a number from ${lo} to ${hi}, got ${text}`);
-      }
-      return n;
-    };
+  walkArgs(args, usage, ({ name, text, value, number }) => {
     switch (name) {
       case "--soak":
         break;
@@ -578,9 +566,9 @@ export function parseSoakArgs(args: string[]): { runs: Partial<SoakOptions>[] } 
         common.sampleSeconds = number(0.5, 600);
         break;
       default:
-        usage(`unknown option ${args[i]}`);
+        usage(`unknown option ${text}`);
     }
-  }
+  });
   if (!matrix) return { runs: [{ ...common, tcp, compression }] };
   const runs: Partial<SoakOptions>[] = [];
   for (const t of tcp ? [tcp] : ["Deno.listen", "node:net"] as const) {
