@@ -551,7 +551,7 @@ Deno.test("connection: maxQueue stops reading so the peer's writes block", async
   const blocked = deferred<number>();
   const sentTotal = deferred<number>();
   const resume = deferred();
-  let client: StreamConnection | undefined;
+  const client: { ws?: StreamConnection } = {};
   const raw = new RawServer(async (peer) => {
     await acceptRaw(peer);
     let sent = 0;
@@ -559,7 +559,7 @@ Deno.test("connection: maxQueue stops reading so the peer's writes block", async
     // (A write merely slow on a loaded machine, the queue not full, doesn't count.)
     while (sent < 400) {
       const write = peer.write(frame);
-      if (await pendingAfter(write, 300) && client?.messagesQueued === 4) {
+      if (await pendingAfter(write, 300) && client.ws?.messagesQueued === 4) {
         blocked.resolve(sent);
         await write;
         sent++;
@@ -573,7 +573,7 @@ Deno.test("connection: maxQueue stops reading so the peer's writes block", async
     await readUntilClose(peer, true);
   });
   const ws = await connect(raw.uri(), { maxQueue: 4, compression: null, pingInterval: null });
-  client = ws;
+  client.ws = ws;
   try {
     const sentBeforeBlocking = await within(blocked.promise, 20_000, "peer blocked");
     assert.ok(sentBeforeBlocking < 400, `peer never blocked after ${sentBeforeBlocking} messages`);

@@ -16,13 +16,13 @@ import {
   SocksProxyError,
 } from "../errors.ts";
 import { serve, type Server } from "../server.ts";
+import { ignoreWithout } from "./_ci.ts";
 import {
   acceptRaw,
   deferred,
   delay,
   freePort,
   HOST,
-  IN_CI,
   RawPeer,
   RawServer,
   rejection,
@@ -55,7 +55,7 @@ function proxyTest(
 ): void {
   Deno.test({
     name: `proxy: ${behaviour}`,
-    ignore: peer !== undefined && !HAVE[peer] && !IN_CI,
+    ignore: ignoreWithout(peer === undefined || HAVE[peer]),
     fn: async () => {
       if (peer !== undefined && !HAVE[peer]) {
         assert.fail(`${peer} is not installed (apt-get install -y ${peer})`);
