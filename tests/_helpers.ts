@@ -67,6 +67,19 @@ export function assertTook(elapsed: number, atLeast: number, nominal: number, wh
   );
 }
 
+/** Polls `condition` every few ms; throws if it isn't true within `ms`. */
+export async function waitFor(
+  condition: () => boolean,
+  what: string,
+  ms: number = TIMER_SLACK,
+): Promise<void> {
+  const deadline = performance.now() + ms;
+  while (!condition()) {
+    if (performance.now() > deadline) throw new Error(`${what}: not true within ${ms} ms`);
+    await delay(2);
+  }
+}
+
 /** Whether `promise` is still pending after `ms`. */
 export async function pendingAfter(promise: Promise<unknown>, ms: number): Promise<boolean> {
   const timeout = Symbol("timeout");

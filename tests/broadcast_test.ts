@@ -10,24 +10,11 @@ import { ConcurrencyError } from "../errors.ts";
 import { Close, Frame, FrameReader, Opcode } from "../frames.ts";
 import { ServerPerMessageDeflateFactory } from "../permessage_deflate.ts";
 import { serve, type ServeOptions, type Server, type ServerConnection } from "../server.ts";
-import { assertTook } from "./_helpers.ts";
+import { assertTook, delay, waitFor } from "./_helpers.ts";
 
 const HOST = "127.0.0.1";
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
-
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Polls `condition` every few ms; throws if it isn't true within `ms`. */
-async function waitFor(condition: () => boolean, what: string, ms = 5_000): Promise<void> {
-  const deadline = performance.now() + ms;
-  while (!condition()) {
-    if (performance.now() > deadline) throw new Error(`${what}: not true within ${ms} ms`);
-    await delay(2);
-  }
-}
 
 /** The next message, or an error if none arrives within `ms`. */
 function recvWithin(connection: Connection, ms = 5_000): Promise<Message> {

@@ -25,6 +25,7 @@ import {
   rejection,
   serveLocal,
   TIMER_SLACK,
+  waitFor,
   within,
 } from "./_helpers.ts";
 
@@ -419,8 +420,7 @@ Deno.test("connection: closing during a fragmented send fails the connection wit
       await gate.promise;
       yield "never sent";
     })());
-    await delay(50);
-    assert.equal(ws.sendingFragmented, true);
+    await waitFor(() => ws.sendingFragmented, "the first fragments sent");
     await ws.close();
     gate.resolve();
     assert.ok((await rejection(sending)) instanceof ConnectionClosedError);

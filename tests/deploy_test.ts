@@ -32,16 +32,12 @@ import {
   PlatformConnection,
 } from "../deploy.ts";
 import { serve, type ServerConnection } from "../server.ts";
-import { assertTook } from "./_helpers.ts";
+import { assertTook, delay } from "./_helpers.ts";
 
 const HOST = "127.0.0.1";
 const KEY = "dGhlIHNhbXBsZSBub25jZQ==";
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
-
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 function deferred<T = void>(): { promise: Promise<T>; resolve(value: T): void } {
   let resolve!: (value: T) => void;
@@ -877,13 +873,15 @@ Deno.test("deploy: broadcast() throws ConcurrencyError while a fragmented send c
     const connection = await server.connection;
     await connection.handshake;
     const gate = deferred();
+    const waiting = deferred();
     async function* fragments(): AsyncGenerator<string> {
       yield "frag";
+      waiting.resolve(); // send() took the first fragment and asked for the next
       await gate.promise;
       yield "ment";
     }
     const sending = connection.send(fragments());
-    await delay(10);
+    await waiting.promise;
     assert.throws(() => broadcast([connection], "interleaved"), ConcurrencyError);
     gate.resolve();
     await sending;

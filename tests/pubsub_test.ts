@@ -19,6 +19,7 @@ import {
 } from "../pubsub.ts";
 import { serve, type Server, type ServerConnection } from "../server.ts";
 import { ignoreWithout } from "./_ci.ts";
+import { delay, waitFor } from "./_helpers.ts";
 import { findRedisServer, redisCommand, type RedisServer, startRedis } from "./_redis.ts";
 
 const HOST = "127.0.0.1";
@@ -33,19 +34,6 @@ if (SKIP_REDIS) {
   console.warn(
     "pubsub_test: redis-server is missing and couldn't be installed: Redis tests SKIPPED",
   );
-}
-
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Polls `condition` every few ms; throws if it isn't true within `ms`. */
-async function waitFor(condition: () => boolean, what: string, ms = 5_000): Promise<void> {
-  const deadline = performance.now() + ms;
-  while (!condition()) {
-    if (performance.now() > deadline) throw new Error(`${what}: not true within ${ms} ms`);
-    await delay(5);
-  }
 }
 
 /** Everything a connection receives, in order, collected in the background. */

@@ -543,15 +543,19 @@ Deno.test("server: close() closes every connection with 1001 and stops accepting
 
 Deno.test("server: close() drops handshakes still in progress after closeTimeout", async () => {
   // processRequest never answers: the handshake stays in progress.
+  const inProgress = deferred();
   const { server } = serveLocal(echo, {
     closeTimeout: 300,
     openTimeout: 10_000,
-    processRequest: () => new Promise(() => {}),
+    processRequest: () => {
+      inProgress.resolve();
+      return new Promise(() => {});
+    },
   });
   const peer = await RawPeer.connect(server.port);
   try {
     await peer.write(`GET / HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`);
-    await delay(50);
+    await within(inProgress.promise, TIMER_SLACK, "processRequest called");
     const started = performance.now();
     await within(server.close(), 300 + TIMER_SLACK, "server.close()");
     const closing = performance.now() - started;
