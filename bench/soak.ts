@@ -459,7 +459,7 @@ export function soakSummary(report: SoakReport): string {
     } MiB`,
     `churn clients started: ${
       JSON.stringify(report.churn.started)
-    }, skipped (400 in flight): ${report.churn.skipped}`,
+    }; skipped (400 in flight): ${report.churn.skipped}; not started in time: ${report.churn.late}`,
     `steady clients: broadcasts received ${report.steady.broadcastsMin}–${report.steady.broadcastsMax} each, ` +
     `${report.steady.echoes} echoes`,
     `server close codes: ${JSON.stringify(report.server.closeCodes)}; warnings: ${
