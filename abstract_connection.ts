@@ -104,14 +104,17 @@ export interface CloseResult {
 export interface ConnectionOptions {
   /**
    * Keepalive: interval between pings, in ms, while the connection is open;
-   * `null` disables keepalive.
+   * `null` disables keepalive. One timer checks every connection of the
+   * process, so a ping goes out between `pingInterval` and 1.25 ×
+   * `pingInterval` after the last pong.
    *
    * @default {20_000}
    */
   pingInterval?: number | null;
   /**
    * Time to wait for the pong of a keepalive ping, in ms; when it doesn't
-   * come, the connection closes with 1011. `null` waits forever.
+   * come (within 1.25 × `pingTimeout`), the connection closes with 1011.
+   * `null` waits forever.
    *
    * @default {20_000}
    */
@@ -254,7 +257,11 @@ export abstract class Connection extends MessageQueue implements AsyncDisposable
   #pings:
     | Map<string, { sentAt: number; resolve(ms: number): void; reject(error: unknown): void }>
     | undefined;
-  #keepaliveTimer: ReturnType<typeof setTimeout> | undefined;
+  // Keepalive: when the next ping is due, and when the one waiting for its pong was sent (0 when
+  // none waits), in whole ms of performance.now(); and that ping's payload, as a number.
+  #keepaliveDue = 0;
+  #keepaliveSent = 0;
+  #keepaliveKey = 0;
 
   /** Sets the limits; see {@linkcode ConnectionOptions}. */
   constructor(options: ConnectionOptions = {}) {
@@ -598,8 +605,12 @@ export abstract class Connection extends MessageQueue implements AsyncDisposable
     await this.drain();
   }
 
-  /** Called by implementations when a pong arrives: resolves its ping and every earlier one. */
+  /**
+   * Called by implementations when a pong arrives: resolves its ping and
+   * every earlier one, and answers the keepalive ping.
+   */
   protected acknowledgePings(data: Uint8Array): void {
+    if (this.#keepaliveSent !== 0) this.#keepalivePong(data, performance.now());
     const pings = this.#pings;
     if (pings === undefined) return;
     const key = String(data);
@@ -617,41 +628,98 @@ export abstract class Connection extends MessageQueue implements AsyncDisposable
     }
   }
 
-  /** Starts sending keepalive pings every `pingInterval`. */
+  /**
+   * Starts sending keepalive pings every `pingInterval`: a ping goes out
+   * `pingInterval` after the last pong, and the connection fails with 1011
+   * when its pong doesn't come within `pingTimeout`.
+   */
   protected startKeepalive(): void {
     const interval = this.pingInterval;
-    if (interval === null || !(interval > 0)) return;
-    const tick = async () => {
-      this.#keepaliveTimer = undefined;
-      if (this.state !== State.OPEN) return;
-      let timeout: ReturnType<typeof setTimeout> | undefined;
-      try {
-        const pong = this.ping();
-        if (this.pingTimeout !== null) {
-          timeout = setTimeout(() => {
-            if (this.state === State.OPEN) {
-              this.logger?.warn(`connection ${this.id}: keepalive ping timeout`);
-              this.failTransport(CloseCode.INTERNAL_ERROR, "keepalive ping timeout");
-            }
-          }, this.pingTimeout);
-        }
-        await pong;
-      } catch {
-        return; // closed meanwhile
-      } finally {
-        if (timeout !== undefined) clearTimeout(timeout);
-      }
-      if (this.state === State.OPEN && this.#closedResult === undefined) {
-        this.#keepaliveTimer = setTimeout(tick, interval);
-      }
-    };
-    this.#keepaliveTimer = setTimeout(tick, interval);
+    if (interval === null || !(interval > 0) || this.#closedResult !== undefined) return;
+    this.#keepaliveDue = Math.ceil(performance.now() + interval);
+    this.#keepaliveSent = 0;
+    Connection.#keepalive.add(this);
+    const timeout = this.pingTimeout;
+    Connection.#sweepSoon(Math.min(interval, timeout !== null && timeout > 0 ? timeout : interval));
   }
 
   /** Stops keepalive pings. */
   protected stopKeepalive(): void {
-    if (this.#keepaliveTimer !== undefined) clearTimeout(this.#keepaliveTimer);
-    this.#keepaliveTimer = undefined;
+    Connection.#keepalive.delete(this);
+  }
+
+  // Every connection with keepalive, checked by one timer for the whole process rather than a
+  // timer (and a closure) each: a ping goes out between pingInterval and 1.25 × pingInterval
+  // after the last pong, and a missing pong is noticed between pingTimeout and
+  // 1.25 × pingTimeout after its ping (the sweep runs every quarter of the shortest of them).
+  static #keepalive = new Set<Connection>();
+  static #sweepTimer: ReturnType<typeof setTimeout> | undefined;
+  static #sweepEvery = Infinity;
+
+  static #sweepSoon(shortest: number): void {
+    const every = Math.max(1, shortest / 4);
+    if (every < Connection.#sweepEvery) {
+      Connection.#sweepEvery = every;
+      if (Connection.#sweepTimer !== undefined) clearTimeout(Connection.#sweepTimer);
+      Connection.#sweepTimer = undefined;
+    }
+    if (Connection.#sweepTimer === undefined) {
+      Connection.#sweepTimer = setTimeout(Connection.#sweep, Connection.#sweepEvery);
+      // The connections' own I/O keeps the process running, not this timer.
+      Deno.unrefTimer(Connection.#sweepTimer as unknown as number);
+    }
+  }
+
+  static #sweep(): void {
+    Connection.#sweepTimer = undefined;
+    const now = performance.now();
+    for (const connection of Connection.#keepalive) connection.#checkKeepalive(now);
+    if (Connection.#keepalive.size === 0) {
+      Connection.#sweepEvery = Infinity;
+      return;
+    }
+    Connection.#sweepTimer = setTimeout(Connection.#sweep, Connection.#sweepEvery);
+    Deno.unrefTimer(Connection.#sweepTimer as unknown as number);
+  }
+
+  #checkKeepalive(now: number): void {
+    if (this.state !== State.OPEN || this.#closedResult !== undefined) {
+      Connection.#keepalive.delete(this);
+      return;
+    }
+    if (this.#keepaliveSent !== 0) {
+      const timeout = this.pingTimeout;
+      if (timeout !== null && now - this.#keepaliveSent >= timeout) {
+        Connection.#keepalive.delete(this);
+        this.logger?.warn(`connection ${this.id}: keepalive ping timeout`);
+        this.failTransport(CloseCode.INTERNAL_ERROR, "keepalive ping timeout");
+      }
+      return;
+    }
+    if (now < this.#keepaliveDue) return;
+    const payload = crypto.getRandomValues(new Uint8Array(4));
+    this.#keepaliveKey = new DataView(payload.buffer).getUint32(0);
+    this.#keepaliveSent = Math.max(1, Math.floor(now));
+    try {
+      this.sendPingFrame(payload);
+    } catch {
+      Connection.#keepalive.delete(this); // closing meanwhile
+    }
+  }
+
+  // A pong came: it answers the keepalive ping (any pong shows the peer is alive; the one
+  // carrying the ping's payload also gives the round-trip time).
+  #keepalivePong(data: Uint8Array, now: number): void {
+    const sent = this.#keepaliveSent;
+    if (sent === 0) return;
+    if (
+      data.length === 4 &&
+      new DataView(data.buffer, data.byteOffset, 4).getUint32(0) === this.#keepaliveKey
+    ) {
+      this.latency = now - sent;
+    }
+    this.#keepaliveSent = 0;
+    this.#keepaliveDue = Math.ceil(now + (this.pingInterval ?? 0));
   }
 
   /**

@@ -731,6 +731,45 @@ Deno.test("connection: keepalive keeps a connection whose peer answers pings", a
   }
 });
 
+Deno.test("connection: one keepalive sweep pings every connection and drops only the silent one", async () => {
+  const opened: ServerConnection[] = [];
+  const { server, uri } = serveLocal(async (ws) => {
+    opened.push(ws);
+    for await (const _ of ws) { /* idle */ }
+  }, { pingInterval: 40, pingTimeout: 200, closeTimeout: 200 });
+  const clients = await Promise.all(
+    Array.from({ length: 20 }, () => connect(uri, { pingInterval: null })),
+  );
+  // A peer that completes the handshake and then never answers a ping.
+  const silent = await RawPeer.connect(server.port);
+  try {
+    await silent.write(handshakeRequest(server.port));
+    await silent.readHead();
+    await within(
+      (async () => {
+        while (opened.length < 21) await delay(10);
+      })(),
+      5000,
+      "every connection open",
+    );
+    const silentOne = opened.find((ws) =>
+      (ws.remoteAddr as Deno.NetAddr).port === (silent.conn.localAddr as Deno.NetAddr).port
+    )!;
+    const result = await within(silentOne.closed, 5000, "the silent peer dropped");
+    assert.equal(result.code, 1006);
+    assert.equal(result.sent?.code, 1011);
+    const others = opened.filter((ws) => ws !== silentOne);
+    assert.deepEqual(
+      others.map((ws) => [ws.state, ws.latency > 0]),
+      others.map(() => [State.OPEN, true]),
+    );
+  } finally {
+    silent.close();
+    await Promise.all(clients.map((ws) => ws.close()));
+    await server.close();
+  }
+});
+
 Deno.test("connection: closeTimeout bounds a close the server never answers", async () => {
   const closeRead = deferred<unknown>();
   const raw = new RawServer(async (peer) => {
