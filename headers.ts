@@ -367,9 +367,7 @@ export class Headers implements Iterable<string> {
   }
 
   #add(name: string, value: string): void {
-    // A new array of exactly the right size rather than push(), which leaves room to grow:
-    // handshakes keep their headers for the life of the connection, and have few.
-    this.#items = this.#items.concat(name, value);
+    this.#items.push(name, value);
   }
 
   // The index in #items of the first pair named `name` at or after `from`, or -1.

@@ -632,13 +632,24 @@ export class Server implements AsyncDisposable {
   // One handshake hook for every connection: the protocol is found on the connection.
   #onHandshake = (event: ProtocolEvent, connection: StreamConnection): Promise<void> | void => {
     if (event.type !== "request") return;
+    const options = this.#options;
+    if (
+      options.processRequest === undefined && options.processResponse === undefined &&
+      this.#router === undefined
+    ) {
+      // No hook to wait for: answer at once, without a promise (most servers, every handshake).
+      this.#send(
+        connection as ServerConnection,
+        this.#decide(connection as ServerConnection, event.request),
+      );
+      return;
+    }
     return this.#handshake(connection as ServerConnection, event.request);
   };
 
   // Answers the handshake request: decides the response (#respond), lets processResponse
   // change it, sends it.
   async #handshake(connection: ServerConnection, request: Request): Promise<void> {
-    const protocol = connection.protocol as ServerProtocol;
     let response = await this.#respond(connection, request);
     const processResponse = this.#options.processResponse;
     if (processResponse !== undefined) {
@@ -649,6 +660,11 @@ export class Server implements AsyncDisposable {
         response = this.#hookFailed(connection, "processResponse", error);
       }
     }
+    this.#send(connection, response);
+  }
+
+  #send(connection: ServerConnection, response: Response): void {
+    const protocol = connection.protocol as ServerProtocol;
     if (protocol.state !== State.CONNECTING) return; // the peer went away meanwhile
     protocol.sendResponse(response);
     connection.flushSoon();
@@ -668,7 +684,6 @@ export class Server implements AsyncDisposable {
   // (or the 400 / 403 / 426 the protocol's checks give).
   async #respond(connection: ServerConnection, request: Request): Promise<Response> {
     const options = this.#options;
-    const protocol = connection.protocol as ServerProtocol;
     if (options.processRequest !== undefined) {
       try {
         const answer = await options.processRequest(connection, request);
@@ -681,7 +696,14 @@ export class Server implements AsyncDisposable {
       const answer = await this.#route(this.#router, connection, request);
       if (answer !== undefined) return answer;
     }
-    const maxConnections = options.maxConnections;
+    return this.#decide(connection, request);
+  }
+
+  // The response once the hooks and the router had their say: 503 over the connection limit
+  // or while shutting down, else the upgrade (or the protocol's 400 / 403 / 426).
+  #decide(connection: ServerConnection, request: Request): Response {
+    const protocol = connection.protocol as ServerProtocol;
+    const maxConnections = this.#options.maxConnections;
     if (
       maxConnections !== undefined &&
       this.#connections.size + this.#inHandshake.size > maxConnections

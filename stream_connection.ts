@@ -746,37 +746,60 @@ export class StreamConnection extends Connection {
         case "ping":
         case "close":
           break;
-        default:
-          // A handshake event comes before any message: deliver the rest after its hook.
-          return this.#handshakeEvent(event).then(() => {
+        default: {
+          // A handshake event comes before any message: deliver the rest after its hook
+          // (at once when the hook answered synchronously).
+          const hookDone = this.#handshakeEvent(event);
+          if (hookDone === undefined) break;
+          return hookDone.then(() => {
             for (let j = i + 1; j < events.length; j++) {
               const rest = events[j];
               if (rest.type === "message") this.deliver(rest.data);
               else if (rest.type === "pong") this.acknowledgePings(rest.data);
             }
           });
+        }
       }
     }
     return undefined;
   }
 
-  async #handshakeEvent(event: ProtocolEvent): Promise<void> {
+  // Runs the handshake hook; a promise only when the hook returned one.
+  #handshakeEvent(event: ProtocolEvent): Promise<void> | undefined {
+    let hook: void | Promise<void> | undefined;
     try {
-      const hook = this.#onHandshake?.(event, this);
-      if (hook instanceof Promise) {
-        hook.catch(() => {}); // a hook that fails after an abort has nobody to tell
-        await Promise.race([
-          hook,
-          new Promise<void>((resolve) => (this.#onAbort = resolve)),
-        ]).finally(() => (this.#onAbort = undefined));
-      }
-      if (this.#transportClosed) return;
+      hook = this.#onHandshake?.(event, this);
     } catch (error) {
-      this.logger?.error(`connection ${this.id}: handshake hook failed`, error);
-      this.#settleHandshake(error);
-      this.#abort();
+      this.#handshakeHookFailed(error);
+      return undefined;
+    }
+    if (hook instanceof Promise) return this.#awaitHandshakeHook(hook);
+    this.#afterHandshakeHook();
+    return undefined;
+  }
+
+  async #awaitHandshakeHook(hook: Promise<void>): Promise<void> {
+    try {
+      hook.catch(() => {}); // a hook that fails after an abort has nobody to tell
+      await Promise.race([
+        hook,
+        new Promise<void>((resolve) => (this.#onAbort = resolve)),
+      ]).finally(() => (this.#onAbort = undefined));
+    } catch (error) {
+      this.#handshakeHookFailed(error);
       return;
     }
+    this.#afterHandshakeHook();
+  }
+
+  #handshakeHookFailed(error: unknown): void {
+    this.logger?.error(`connection ${this.id}: handshake hook failed`, error);
+    this.#settleHandshake(error);
+    this.#abort();
+  }
+
+  #afterHandshakeHook(): void {
+    if (this.#transportClosed) return;
     const protocol = this.protocol;
     if (protocol.handshakeError !== undefined) {
       this.#settleHandshake(protocol.handshakeError);
