@@ -702,7 +702,10 @@ export class StreamConnection extends Connection {
       error = runError instanceof Error ? runError : new Error(String(runError));
       this.logger?.error(`connection ${this.id}: unexpected error`, error);
     } finally {
-      // Let a final write (close frame, response) go out before closing.
+      // Let a final write (close frame, response) go out before closing, for at most
+      // closeTimeout: a peer that ended its side of the stream and doesn't read would
+      // otherwise hold the write, and the socket, forever.
+      if (this.#writing || protocol.outputLength !== 0) this.#startCloseTimer();
       while (this.#writing) await this.#writesDone();
       if (!this.#transportClosed && protocol.outputLength !== 0) {
         this.#flush();

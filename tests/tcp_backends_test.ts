@@ -176,6 +176,31 @@ for (const tcp of BACKENDS) {
     }
   });
 
+  Deno.test(`tcp ${tcp}: a client that half-closes and never reads while a write waits is dropped within closeTimeout`, async () => {
+    const full = deferred();
+    const closed = deferred<number>();
+    const { server } = serveLocal(async (ws) => {
+      await ws.recv(); // reading goes on meanwhile, so the end of the stream is seen
+      // More than the kernel's socket buffers take from a peer that doesn't read.
+      const chunk = randomBytes(256 * 1024);
+      for (let i = 0; i < 128; i++) ws.send(chunk).catch(() => {});
+      full.resolve();
+      closed.resolve((await ws.closed).code);
+    }, { ...OPTIONS, tcp, closeTimeout: 300 });
+    const peer = await RawPeer.connect(server.port);
+    try {
+      await peer.write(handshakeRequest(server.port));
+      await peer.readHead(); // and nothing more
+      await peer.write(new Uint8Array([0x81, 0x82, 0, 0, 0, 0, 0x67, 0x6f])); // "go"
+      await within(full.promise, 5000, "output queued");
+      await peer.conn.closeWrite(); // the end of the stream, while the server's write waits
+      assert.equal(await within(closed.promise, 5000, "connection closed"), 1006);
+    } finally {
+      peer.close();
+      await server.close();
+    }
+  });
+
   Deno.test(`tcp ${tcp}: a client that drops the socket mid-message ends the connection with 1006`, async () => {
     const result = deferred<number>();
     const { server } = serveLocal(async (ws) => {
