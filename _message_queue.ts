@@ -260,7 +260,7 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
    * wait with its reason.
    */
   recv(options?: RecvOptions): Promise<Message> {
-    if (this.#stream !== undefined) return Promise.reject(this.#streamingError("recv()"));
+    if (this.#streaming) return Promise.reject(this.#streamingError("recv()"));
     if (this.messagesQueued !== 0) return Promise.resolve(this.#takeMessage());
     if (this.#ended) return Promise.reject(this.closedError);
     const signal = options?.signal;
@@ -320,7 +320,7 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
   };
 
   #next(): Promise<IteratorResult<Message>> {
-    if (this.#stream !== undefined) {
+    if (this.#streaming) {
       return Promise.reject(this.#streamingError("iterate over messages"));
     }
     if (this.messagesQueued !== 0) {
@@ -339,6 +339,13 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
       };
       this.#addWaiter(waiter);
     });
+  }
+
+  // Whether a recvStreaming() consumer reads a message (one whose loop was left doesn't: the
+  // rest of its message is dropped as it arrives, and messages after it are delivered as usual).
+  get #streaming(): boolean {
+    const stream = this.#stream;
+    return stream !== undefined && !stream.abandoned;
   }
 
   #streamingError(what: string): ConcurrencyError {
@@ -360,11 +367,12 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
    * memory (the largest frame, after decompression). The message may have
    * up to `options.maxSize` bytes, the connection's `maxSize` by default.
    *
-   * One consumer at a time: until the message's last part is taken (or the
-   * loop is left, which drops the rest of the message as it arrives),
-   * `recv()`, iteration and another `recvStreaming()` throw
-   * `ConcurrencyError`; so does this call while `recv()` or an iteration
-   * waits. Once the connection closed (after the parts already received),
+   * One consumer at a time: until the message's last part is taken or the
+   * loop is left, `recv()` and iteration throw `ConcurrencyError`; once the
+   * loop is left, they wait for the next message while the rest of this one
+   * is dropped as it arrives. Another `recvStreaming()` throws
+   * `ConcurrencyError` until this message's last part arrived, and so does
+   * this call while `recv()` or an iteration waits. Once the connection closed (after the parts already received),
    * the iteration throws the close error.
    *
    * @example Write an upload to a file as it arrives
@@ -379,9 +387,12 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
    * ```
    */
   recvStreaming(options?: RecvStreamingOptions): AsyncIterableIterator<Message> {
-    if (this.#stream !== undefined) {
+    const current = this.#stream;
+    if (current !== undefined) {
       throw new ConcurrencyError(
-        "Cannot recvStreaming: another recvStreaming() is reading a message",
+        current.abandoned
+          ? "Cannot recvStreaming: the rest of the message a recvStreaming() loop left is still arriving"
+          : "Cannot recvStreaming: another recvStreaming() is reading a message",
       );
     }
     if (this.#recvWaiter !== undefined) {

@@ -1324,6 +1324,49 @@ Deno.test("connection: recvStreaming({ maxSize: Infinity }) takes a message over
   }
 });
 
+Deno.test("connection: recv() right after leaving a recvStreaming() loop waits for the next message while the rest of the left one arrives", async () => {
+  const left = deferred();
+  const result = deferred<Message[]>();
+  const { server } = serveLocal(async (ws) => {
+    const got: Message[] = [];
+    for await (const part of ws.recvStreaming()) {
+      got.push(part);
+      break;
+    }
+    left.resolve();
+    try {
+      got.push(await ws.recv());
+      for await (const message of ws) got.push(message);
+    } catch (error) {
+      got.push((error as Error).name);
+    }
+    result.resolve(got);
+  }, { compression: null });
+  const peer = await RawPeer.connect(server.port);
+  const frame = (opcode: Opcode, text: string, fin: boolean) =>
+    new Frame(opcode, encoder.encode(text), { fin }).serialize({ mask: true });
+  try {
+    await peer.write(handshakeRequest(server.port));
+    await peer.readHead();
+    await peer.write(frame(Opcode.TEXT, "first part", false));
+    await within(left.promise, 5000, "loop left");
+    // The rest of the message the loop left comes after recv() was called.
+    await peer.write(frame(Opcode.CONT, "dropped", false));
+    await peer.write(frame(Opcode.CONT, "dropped too", true));
+    await peer.write(frame(Opcode.TEXT, "second message", true));
+    await peer.write(frame(Opcode.TEXT, "third message", true));
+    await peer.write(frame(Opcode.CLOSE, "", true));
+    assert.deepEqual(await within(result.promise, 5000, "result"), [
+      "first part",
+      "second message",
+      "third message",
+    ]);
+  } finally {
+    peer.close();
+    await server.close();
+  }
+});
+
 Deno.test("connection: recv() while recvStreaming() reads a message is a ConcurrencyError", async () => {
   const result = deferred<unknown[]>();
   const { server, uri } = serveLocal(async (ws) => {
