@@ -66,6 +66,8 @@ interface Options {
   repeat: number;
   /** Connections of the crowd scenario. */
   crowd: number;
+  /** A checkout of another version whose `ours` servers run beside this one's. */
+  baseline?: string;
 }
 
 function usage(message?: string): never {
@@ -73,7 +75,7 @@ function usage(message?: string): never {
   console.error(
     "usage: deno run -A bench/run.ts [--full] [--deflate] [--servers a,b] [--clients a,b]\n" +
       "                                [--scenarios x,y] [--seconds S] [--warmup S] [--repeat N]\n" +
-      "                                [--crowd N]\n" +
+      "                                [--crowd N] [--baseline DIR]\n" +
       "       deno run -A bench/run.ts --soak [--minutes N] [--tcp node:net] [--no-compression]\n" +
       "                                       [--matrix] [--steady C] [--rate R]",
   );
@@ -117,6 +119,9 @@ function parseOptions(args: string[]): Options {
         break;
       case "--crowd":
         options.crowd = Math.round(number(10, 1_000_000));
+        break;
+      case "--baseline":
+        options.baseline = value();
         break;
       case "--help":
       case "-h":
@@ -1123,6 +1128,29 @@ function select(options: Options): Scenario[] {
   );
 }
 
+/**
+ * This library's servers from another checkout (`--baseline DIR`, e.g. a worktree of the commit
+ * before a change), to run interleaved with this checkout's: `ours_base` and `ours_node_base`.
+ */
+function baselineServers(dir: string): Server[] {
+  const file = `${dir.replace(/\/$/, "")}/bench/servers/ours.ts`;
+  const missing = () => Promise.resolve(exists(file) ? undefined : `${file} does not exist`);
+  return [["ours_base", [], ""], ["ours_node_base", ["--tcp", "node:net"], " (node:net)"]].map((
+    [name, tcp, suffix],
+  ) => ({
+    name: name as string,
+    title: `baseline${suffix}`,
+    command: (port: number, deflate: boolean) => [
+      Deno.execPath(),
+      "run",
+      "-A",
+      file,
+      ...["--port", `${port}`, ...(tcp as string[]), ...deflateFlag(deflate)],
+    ],
+    unavailable: missing,
+  }));
+}
+
 async function main(): Promise<void> {
   if (Deno.args.includes("--soak")) {
     // The soak benchmark has options of its own (bench/soak.ts).
@@ -1130,6 +1158,7 @@ async function main(): Promise<void> {
     return;
   }
   const options = parseOptions(Deno.args);
+  if (options.baseline !== undefined) SERVERS.push(...baselineServers(options.baseline));
   const selected = select(options);
   const names = options.servers ??
     SERVERS.filter((s) => options.full || !s.fullOnly).map((s) => s.name);
