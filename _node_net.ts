@@ -131,6 +131,10 @@ export function resetBindings(): void {
 const UV_EOF = -4095;
 // What one read takes at most, into the shared buffer.
 const READ_SIZE = 256 * 1024;
+// A read of this much or more switches a socket to buffers of its own (no copy per read) ...
+const OWN_READ_FROM = 64 * 1024;
+// ... and what is left of such a buffer takes the next read while it has this much.
+const OWN_READ_MIN = 32 * 1024;
 // Received bytes kept for a reader that doesn't read (its message queue is full) before the
 // socket stops reading: then TCP pushes back on the peer.
 const KEEP_UNREAD = 64 * 1024;
@@ -164,6 +168,8 @@ class HandleTransport implements Transport {
   #readResolve: ((value: Uint8Array | number | null) => void) | undefined;
   #readReject: ((error: Error) => void) | undefined;
   #into: Uint8Array | undefined;
+  // The buffer of its own this socket reads into while data streams in (see received()).
+  #own: Uint8Array | undefined;
   // The write the handle is finishing, and its size (counted in bufferedAmount).
   #writeResolve: ((count: number) => void) | undefined;
   #writeReject: ((error: Error) => void) | undefined;
@@ -192,15 +198,37 @@ class HandleTransport implements Transport {
     }
     const into = this.#into;
     if (into !== undefined) {
-      // A read straight into a frame's buffer: back to the shared buffer for the next one.
+      // A read straight into a frame's buffer: back to the read buffer for the next one.
       this.#into = undefined;
-      this.#handle.useUserBuffer(sharedBuffer());
+      this.#handle.useUserBuffer(this.#own ?? sharedBuffer());
       const resolve = this.#readResolve!;
       this.#readResolve = this.#readReject = undefined;
       resolve(nread);
       return;
     }
-    const chunk = sharedBuffer().slice(0, nread);
+    const own = this.#own;
+    let chunk: Uint8Array;
+    if (own !== undefined) {
+      // Read into a buffer of its own: the bytes are the chunk, no copy. The rest of the
+      // buffer takes the next read while it is large; a read that didn't fill half of it goes
+      // back to the shared buffer (the stream slowed down).
+      chunk = own.subarray(0, nread);
+      const rest = own.subarray(nread);
+      this.#own = nread < own.length >>> 1
+        ? undefined
+        : rest.length >= OWN_READ_MIN
+        ? rest
+        : new Uint8Array(READ_SIZE);
+      this.#handle.useUserBuffer(this.#own ?? sharedBuffer());
+    } else {
+      chunk = sharedBuffer().slice(0, nread);
+      // A large read: data is streaming in, so the next reads go into buffers of their own
+      // rather than being copied out of the shared one.
+      if (nread >= OWN_READ_FROM) {
+        this.#own = new Uint8Array(READ_SIZE);
+        this.#handle.useUserBuffer(this.#own);
+      }
+    }
     const resolve = this.#readResolve;
     if (resolve !== undefined) {
       this.#readResolve = this.#readReject = undefined;
@@ -220,7 +248,7 @@ class HandleTransport implements Transport {
     this.#readResolve = this.#readReject = undefined;
     if (this.#into !== undefined) {
       this.#into = undefined;
-      if (!this.#closed) this.#handle.useUserBuffer(sharedBuffer());
+      if (!this.#closed) this.#handle.useUserBuffer(this.#own ?? sharedBuffer());
     }
     if (this.#error !== undefined && !this.#closed) reject!(this.#error);
     else resolve(null);
@@ -293,7 +321,7 @@ class HandleTransport implements Transport {
     this.#startReading();
     if (this.#error !== undefined) {
       this.#into = undefined;
-      this.#handle.useUserBuffer(sharedBuffer());
+      this.#handle.useUserBuffer(this.#own ?? sharedBuffer());
       return Promise.reject(this.#error);
     }
     return new Promise<number | null>((resolve, reject) => {
@@ -374,6 +402,7 @@ class HandleTransport implements Transport {
     this.#stopReading();
     this.#unread = undefined;
     this.#unreadBytes = 0;
+    this.#own = undefined;
     // A read or a write in progress ends now, as on a closed Deno.Conn.
     this.#settleRead();
     const writing = this.#writeLength !== 0;
