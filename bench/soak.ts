@@ -521,7 +521,8 @@ function usage(message?: string): never {
   if (message) console.error(`soak: ${message}`);
   console.error(
     "usage: deno run -A bench/run.ts --soak [--minutes N] [--tcp Deno.listen|node:net]\n" +
-      "                                       [--no-compression] [--matrix] [--steady C] [--rate R]",
+      "                                       [--no-compression] [--matrix] [--steady C] [--rate R]\n" +
+      "                                       [--sample S]",
   );
   Deno.exit(64);
 }
@@ -535,6 +536,10 @@ export function parseSoakArgs(args: string[]): { runs: Partial<SoakOptions>[] } 
   walkArgs(args, usage, ({ name, text, value, number }) => {
     switch (name) {
       case "--soak":
+        break;
+      case "--help":
+      case "-h":
+        usage();
         break;
       case "--minutes":
         common.minutes = number(0.1, 24 * 60);
