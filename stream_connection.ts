@@ -652,6 +652,10 @@ export class StreamConnection extends Connection {
         let chunk: Uint8Array | null;
         // Set when the read went straight into the payload of a large frame: the bytes it brought.
         let direct: number | undefined;
+        // The buffer read into, declared here so that each time round resets it: kept from an
+        // earlier read (a large frame's payload), it would stay alive as long as the connection
+        // then idles in readChunk().
+        let slab: Uint8Array | undefined;
         try {
           // (Not an async helper: one suspended function per idle connection is enough.)
           // The rest of a large payload is read straight into the frame's buffer, whatever
@@ -660,7 +664,7 @@ export class StreamConnection extends Connection {
           if (into === undefined && this.transport.readChunk !== undefined) {
             chunk = await this.transport.readChunk();
           } else {
-            const slab = into ?? this.#readBuffer();
+            slab = into ?? this.#readBuffer();
             const count = await this.transport.read(slab);
             if (count !== null && into !== undefined) direct = count;
             chunk = count === null ? null : into ?? this.#readDone(slab, count);

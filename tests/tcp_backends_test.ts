@@ -201,6 +201,52 @@ for (const tcp of BACKENDS) {
     }
   });
 
+  Deno.test(`tcp ${tcp}: an idle connection keeps no buffer of the large message it read last`, async () => {
+    // Measured in a child process that can force garbage collection: 16 connections each get
+    // a 1 MiB message, then a small one, then idle; what they keep is the growth of external
+    // memory (ArrayBuffers).
+    const url = (path: string) => JSON.stringify(import.meta.resolve(path));
+    const code = `
+      import { serve } from ${url("../server.ts")};
+      import { Frame, Opcode } from ${url("../frames.ts")};
+      import { handshakeRequest, RawPeer } from ${url("./_helpers.ts")};
+      const server = serve(async (ws) => {
+        for (;;) await ws.send(String((await ws.recv()).length));
+      }, { hostname: "127.0.0.1", port: 0, tcp: ${JSON.stringify(tcp)}, ...${
+      JSON.stringify(OPTIONS)
+    } });
+      const external = () => (globalThis.gc(), globalThis.gc(), Deno.memoryUsage().external);
+      const large = new Frame(Opcode.BINARY, new Uint8Array(1024 * 1024)).serialize({ mask: true });
+      const small = new Frame(Opcode.BINARY, new Uint8Array(8)).serialize({ mask: true });
+      const peers = [];
+      for (let i = 0; i < 16; i++) {
+        const peer = await RawPeer.connect(server.port);
+        await peer.write(handshakeRequest(server.port));
+        await peer.readHead();
+        peers.push(peer);
+      }
+      const before = external();
+      for (const peer of peers) {
+        await peer.write(large);
+        await peer.readFrame();
+        await peer.write(small);
+        await peer.readFrame();
+      }
+      console.log(external() - before);
+      for (const peer of peers) peer.close();
+      await server.close();
+    `;
+    const output = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", "--v8-flags=--expose-gc", code],
+      stdout: "piped",
+      stderr: "inherit",
+    }).output();
+    assert.equal(output.code, 0);
+    const kept = Number(new TextDecoder().decode(output.stdout).trim());
+    // 16 MiB if each connection kept its last large message.
+    assert.ok(kept < 4 * 1024 * 1024, `16 idle connections keep ${kept} bytes`);
+  });
+
   Deno.test(`tcp ${tcp}: a client that drops the socket mid-message ends the connection with 1006`, async () => {
     const result = deferred<number>();
     const { server } = serveLocal(async (ws) => {
