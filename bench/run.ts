@@ -462,6 +462,15 @@ const CONNECT_LATENCY: Metric[] = [
   { key: "p99_us", unit: "connect to 101, p99 µs", digits: 0, lowerIsBetter: true },
 ];
 
+/**
+ * Loopback source addresses for `conns` clients: one per 5 000, so that the kernel finds a free
+ * ephemeral port at once even with the last runs' ports still in TIME_WAIT (a crowded port range
+ * makes connect() itself slow, and the load generator would measure that).
+ */
+function sourcesFor(conns: number): number {
+  return Math.max(1, Math.ceil(conns / 5000));
+}
+
 /** Broadcasts timed one after the other in the crowd scenario. */
 const FANOUT_ROUNDS = 5;
 
@@ -476,7 +485,7 @@ function crowd(conns: number): Scenario {
     kind: "crowd",
     args: [
       ...["crowd", "--conns", `${conns}`, "--fanout", `${FANOUT_ROUNDS}`],
-      ...["--connect-concurrency", `${CONNECTING}`],
+      ...["--connect-concurrency", `${CONNECTING}`, "--sources", `${sourcesFor(conns)}`],
     ],
     deflate: false,
     set: "full",
@@ -524,7 +533,7 @@ function scenarios(options: { crowd: number } = { crowd: CROWD }): Scenario[] {
       kind: "load",
       args: [
         ...["crowd", "--conns", "10000", "--path", "/echo", "--hold", "0"],
-        ...["--connect-concurrency", `${CONNECTING}`],
+        ...["--connect-concurrency", `${CONNECTING}`, "--sources", `${sourcesFor(10000)}`],
       ],
       deflate: false,
       set: "full",
