@@ -419,6 +419,12 @@ static void flush(conn_t *c) {
     die("connection %d: send failed: %s", c->index, n < 0 ? strerror(errno) : "wrote 0 bytes");
   }
   c->out_off = c->out_len = 0;
+  if (cfg.scenario == SC_IDLE || cfg.scenario == SC_CROWD) {
+    /* Idle clients hold no output buffer: 4 KiB each would be 4 GB for a million. */
+    free(c->out);
+    c->out = NULL;
+    c->out_cap = 0;
+  }
   set_events(c, 0);
 }
 
