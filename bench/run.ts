@@ -490,7 +490,12 @@ function crowd(conns: number): Scenario {
     deflate: false,
     set: "full",
     metric: MEMORY,
-    details: CONNECT_LATENCY,
+    details: [...CONNECT_LATENCY, {
+      key: "kernel_kib_per_conn",
+      unit: "kernel slab memory per connection, both sockets, KiB",
+      digits: 1,
+      lowerIsBetter: true,
+    }],
     extra: [
       { ...HANDSHAKES, unit: "handshakes/s while connecting" },
       {
@@ -758,6 +763,15 @@ function machineCpu(): { busy: number; steal: number } {
   }
 }
 
+/** The kernel's slab memory in KiB (sockets, files, …), from /proc/meminfo; NaN elsewhere. */
+function slabKiB(): number {
+  try {
+    return Number(Deno.readTextFileSync("/proc/meminfo").match(/^Slab:\s+(\d+) kB/m)?.[1] ?? NaN);
+  } catch {
+    return NaN;
+  }
+}
+
 /** Resident memory of a process in KiB, from /proc/PID/status. */
 export function rssKiB(pid: number): number {
   const status = Deno.readTextFileSync(`/proc/${pid}/status`);
@@ -867,7 +881,9 @@ async function measureCrowd(scenario: Scenario, pid: number, common: string[]): 
   await loadgen(["idle", "--conns", "10", "--hold", "0", ...common], 30);
   await sleep(200);
   const before = rssKiB(pid);
+  const slabBefore = slabKiB();
   let after = NaN;
+  let slabAfter = NaN;
   const conns = scenario.conns ?? 1;
   // The hold gives the server time to settle before RSS is read, then the broadcasts start.
   const run = await loadgen(
@@ -876,6 +892,7 @@ async function measureCrowd(scenario: Scenario, pid: number, common: string[]): 
     async () => {
       await sleep(1000);
       after = rssKiB(pid);
+      slabAfter = slabKiB();
     },
   );
   return {
@@ -883,6 +900,9 @@ async function measureCrowd(scenario: Scenario, pid: number, common: string[]): 
     rss_before_kib: before,
     rss_after_kib: after,
     kib_per_conn: (after - before) / conns,
+    // The kernel's memory for both loopback sockets of each connection (machine-wide: other
+    // processes' changes count too).
+    kernel_kib_per_conn: (slabAfter - slabBefore) / conns,
   };
 }
 
