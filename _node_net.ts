@@ -140,6 +140,12 @@ const OWN_READ_MIN = 32 * 1024;
 const KEEP_UNREAD = 64 * 1024;
 // How long a closed socket may take to send what it still holds.
 const LINGER = 5_000;
+// Connections waiting to be accepted.
+const BACKLOG = 511;
+// How often a listener listens again: the runtime's listening handle stops accepting, without a
+// callback, once an accept failed for want of file descriptors (EMFILE), and listening again
+// (which changes nothing while it accepts) resumes it once descriptors are free.
+const RELISTEN_EVERY = 1_000;
 
 // The buffer every socket reads into, lent for one read at a time (the bytes are copied out
 // before the next read): an idle connection holds none. Made on the first connection.
@@ -525,16 +531,19 @@ export function listenTcp(
   const handle = new found.TCP(found.server) as ListeningHandle;
   const status = ipv6 ? handle.bind6(hostname, port, 0) : handle.bind(hostname, port);
   const out: SocketName = {};
-  if (status < 0 || handle.listen(511) < 0 || handle.getsockname(out) < 0) {
+  if (status < 0 || handle.listen(BACKLOG) < 0 || handle.getsockname(out) < 0) {
     handle.close();
     return undefined;
   }
   handle.accepted = onSocket;
   handle.failed = onError;
   handle.onconnection = onConnection;
+  const relisten = setInterval(() => handle.listen(BACKLOG), RELISTEN_EVERY);
+  Deno.unrefTimer(relisten);
   return {
     addr: { transport: "tcp", hostname: out.address ?? hostname, port: out.port ?? port },
     close(): void {
+      clearInterval(relisten);
       handle.onconnection = null;
       handle.close();
     },

@@ -14,6 +14,7 @@ import { serve, type Server } from "../server.ts";
 import {
   assertTook,
   deferred,
+  delay,
   echo,
   handshakeRequest,
   HOST,
@@ -350,6 +351,44 @@ for (const tcp of BACKENDS) {
     );
   });
 }
+
+Deno.test("tcp node:net: the server accepts again once connections over the file descriptor limit are gone", async () => {
+  // A server in a child process allowed 128 file descriptors; 200 connections exhaust them.
+  // (It listens for a signal first: Deno 2.9 panics when its first signal listener comes while
+  // no descriptor is left, which the runtime itself may ask for.)
+  const code = `
+    Deno.addSignalListener("SIGTERM", () => Deno.exit(0));
+    import { serve } from ${JSON.stringify(import.meta.resolve("../server.ts"))};
+    const server = serve(() => {}, { hostname: "127.0.0.1", port: 0, tcp: "node:net" });
+    console.log(server.port);
+    await new Promise(() => {});
+  `;
+  const child = new Deno.Command("bash", {
+    args: ["-c", 'ulimit -n 128 && exec "$0" eval "$1"', Deno.execPath(), code],
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  try {
+    const port = Number((await within(lines.read(), 10_000, "child listening")).value);
+    const conns = [];
+    for (let i = 0; i < 200; i++) conns.push(await Deno.connect({ hostname: HOST, port }));
+    await delay(500);
+    for (const conn of conns) conn.close();
+    const peer = await RawPeer.connect(port);
+    try {
+      await peer.write(handshakeRequest(port));
+      const head = await within(peer.readHead(), 10_000, "a handshake after descriptors are free");
+      assert.equal(head?.split("\r\n")[0], "HTTP/1.1 101 Switching Protocols");
+    } finally {
+      peer.close();
+    }
+  } finally {
+    child.kill("SIGTERM");
+    await lines.cancel();
+    await child.status;
+  }
+});
 
 Deno.test("tcp node:net: a host name is served through Deno.listen", async () => {
   const seen = deferred<string>();
