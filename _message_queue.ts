@@ -45,7 +45,8 @@ export interface RecvStreamingOptions {
    * The largest size of this message, in bytes, `Infinity` for no limit: a
    * streamed message may exceed the connection's `maxSize` only when this
    * call says so. Beyond it the connection is closed with 1009 at the
-   * fragment that crosses it.
+   * fragment that crosses it. Whatever this limit, one compressed frame
+   * still inflates to at most the connection's `maxSize`.
    *
    * @default {connection.maxSize}
    */

@@ -639,7 +639,8 @@ export abstract class Protocol {
       // The reader and the extensions check a frame against what is left of
       // maxSize: report the size of the whole message against maxSize itself.
       const maxSize = this.#recvMaxSize;
-      const failure = error instanceof PayloadTooBig && error.maxSize !== maxSize
+      const failure = error instanceof PayloadTooBig && error.maxSize !== maxSize &&
+          error.maxSize === maxSize - this.#recvSize
         ? new PayloadTooBig(this.#recvSize + error.size, maxSize)
         : error;
       if (this.deferFailure && this.#state === State.OPEN) {
@@ -803,8 +804,21 @@ export abstract class Protocol {
     const maxSize = this.#recvMaxSize;
     if (extensions.length !== 0) {
       const remaining = maxSize - this.#recvSize;
-      for (let i = extensions.length - 1; i >= 0; i--) {
-        frame = extensions[i].decode(frame, { maxSize: remaining });
+      // A streamed message may grow past the connection's maxSize when its caller says so, but
+      // the extensions still decode one frame into at most maxSize bytes: a small compressed
+      // frame can't become a part of any size.
+      const limit = remaining > this.maxSize ? this.maxSize : remaining;
+      try {
+        for (let i = extensions.length - 1; i >= 0; i--) {
+          frame = extensions[i].decode(frame, { maxSize: limit });
+        }
+      } catch (error) {
+        if (limit === remaining || !(error instanceof PayloadTooBig)) throw error;
+        throw new PayloadTooBig(
+          error.size,
+          limit,
+          `in one frame of a streamed message exceeds maxSize of ${limit} bytes`,
+        );
       }
     }
     if (frame.rsv1 || frame.rsv2 || frame.rsv3) throw new ProtocolError("reserved bits must be 0");

@@ -1324,6 +1324,29 @@ Deno.test("connection: recvStreaming({ maxSize: Infinity }) takes a message over
   }
 });
 
+Deno.test("connection: recvStreaming({ maxSize: Infinity }) still inflates one compressed frame into at most maxSize", async () => {
+  const outcome = deferred<string>();
+  const { server, uri } = serveLocal(async (ws) => {
+    try {
+      for await (const _ of ws.recvStreaming({ maxSize: Infinity }));
+      outcome.resolve("whole");
+    } catch (error) {
+      outcome.resolve((error as Error).name);
+    }
+  }, { maxSize: 64 * 1024 });
+  const ws = await connect(uri);
+  try {
+    // 1 MiB of zeros compresses to about 1 KiB: one frame that would inflate 16 × maxSize.
+    await ws.send(new Uint8Array(1024 * 1024));
+    const closed = await within(ws.closed, TIMER_SLACK, "close");
+    assert.equal(closed.code, 1009);
+    assert.equal(await within(outcome.promise, TIMER_SLACK, "handler"), "ConnectionClosedError");
+  } finally {
+    await ws.close();
+    await server.close();
+  }
+});
+
 Deno.test("connection: recv() right after leaving a recvStreaming() loop waits for the next message while the rest of the left one arrives", async () => {
   const left = deferred();
   const result = deferred<Message[]>();

@@ -3214,6 +3214,37 @@ Deno.test("protocol: a streamed message fails with 1009 at the fragment that cro
   );
 });
 
+Deno.test("protocol: an extension decodes one frame of a streamed message into at most maxSize", () => {
+  const server = openServer({ maxSize: 4 });
+  // Doubles each frame's payload, checking the allowance as permessage-deflate does.
+  server.extensions = [{
+    name: "x-double",
+    rsvBits: 0,
+    encode: (frame) => frame,
+    decode: (frame, options) => {
+      const size = frame.data.length * 2;
+      if (size > options!.maxSize!) throw new PayloadTooBig(size, options!.maxSize!);
+      return new Frame(frame.opcode, new Uint8Array(size), { fin: frame.fin });
+    },
+  }];
+  server.streamMessage(Infinity);
+  // The message may pass maxSize: 4 + 4 bytes, each frame within it once decoded.
+  feed(server, binary(new Uint8Array(2), false));
+  feed(server, cont(new Uint8Array(2), false));
+  assert.deepEqual(server.eventsReceived(), [
+    { type: "fragment", data: new Uint8Array(4), fin: false },
+    { type: "fragment", data: new Uint8Array(4), fin: false },
+  ]);
+  // 3 bytes on the wire decode to 6: over maxSize in one frame.
+  feed(server, cont(new Uint8Array(3)));
+  assertFailed(
+    server,
+    1009,
+    "message too big: 6 bytes in one frame of a streamed message exceeds maxSize of 4 bytes",
+    PayloadTooBig,
+  );
+});
+
 Deno.test("protocol: after a streamed message, messages over maxSize fail again", () => {
   const server = openServer({ maxSize: 4 });
   server.streamMessage(Infinity);
