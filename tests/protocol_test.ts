@@ -1090,19 +1090,21 @@ Deno.test("protocol: RSV bits no negotiated extension uses fail with 1002", () =
   assertFailed(server, 1002, "reserved bits must be 0", ProtocolError);
 });
 
+/** Doubles each frame's payload, checking the allowance as permessage-deflate does. */
+const doubling: Extension = {
+  name: "x-double",
+  rsvBits: 0,
+  encode: (frame) => frame,
+  decode: (frame, options) => {
+    const size = frame.data.length * 2;
+    if (size > options!.maxSize!) throw new PayloadTooBig(size, options!.maxSize!);
+    return new Frame(frame.opcode, new Uint8Array(size), { fin: frame.fin });
+  },
+};
+
 Deno.test("protocol: a PayloadTooBig from an extension's decoder fails with 1009", () => {
   const server = openServer({ maxSize: 10 });
-  // Doubles each frame's payload, checking the allowance as permessage-deflate does.
-  server.extensions = [{
-    name: "x-double",
-    rsvBits: 0,
-    encode: (frame) => frame,
-    decode: (frame, options) => {
-      const size = frame.data.length * 2;
-      if (size > options!.maxSize!) throw new PayloadTooBig(size, options!.maxSize!);
-      return new Frame(frame.opcode, new Uint8Array(size), { fin: frame.fin });
-    },
-  }];
+  server.extensions = [doubling];
   feed(server, binary(new Uint8Array(3), false));
   // 3 bytes on the wire fit the 4 left, but decode to 6.
   feed(server, cont(new Uint8Array(3)));
@@ -3216,17 +3218,7 @@ Deno.test("protocol: a streamed message fails with 1009 at the fragment that cro
 
 Deno.test("protocol: an extension decodes one frame of a streamed message into at most maxSize", () => {
   const server = openServer({ maxSize: 4 });
-  // Doubles each frame's payload, checking the allowance as permessage-deflate does.
-  server.extensions = [{
-    name: "x-double",
-    rsvBits: 0,
-    encode: (frame) => frame,
-    decode: (frame, options) => {
-      const size = frame.data.length * 2;
-      if (size > options!.maxSize!) throw new PayloadTooBig(size, options!.maxSize!);
-      return new Frame(frame.opcode, new Uint8Array(size), { fin: frame.fin });
-    },
-  }];
+  server.extensions = [doubling];
   server.streamMessage(Infinity);
   // The message may pass maxSize: 4 + 4 bytes, each frame within it once decoded.
   feed(server, binary(new Uint8Array(2), false));
