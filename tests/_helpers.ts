@@ -552,3 +552,53 @@ export async function startListening(path: string, args: string[]): Promise<List
   }
   return { port, stop, [Symbol.asyncDispose]: stop };
 }
+
+/** The command-line client run as a child process, typed into line by line. */
+export interface CliSession extends AsyncDisposable {
+  /** Everything the client printed so far. */
+  readonly stdout: string;
+  /** Types `line` and Enter. */
+  type(line: string): Promise<void>;
+  /** Ends the client's input (Ctrl-D). */
+  endInput(): Promise<void>;
+  /** Reads the client's output until it contains `expected`. */
+  waitFor(expected: RegExp | string): Promise<void>;
+  /** The client's exit status. */
+  readonly status: Promise<Deno.CommandStatus>;
+}
+
+/** Starts `cli.ts` with `args` (stderr dropped); disposing it stops reading and waits for the exit. */
+export function startCli(args: string[]): CliSession {
+  const cli = new URL("../cli.ts", import.meta.url).pathname;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", cli, ...args],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let stdout = "";
+  const seen = (expected: RegExp | string): boolean =>
+    typeof expected === "string" ? stdout.includes(expected) : expected.test(stdout);
+  return {
+    get stdout(): string {
+      return stdout;
+    },
+    type: (line) => writer.write(encoder.encode(`${line}\n`)),
+    endInput: () => writer.close(),
+    async waitFor(expected) {
+      while (!seen(expected)) {
+        const { value, done } = await reader.read();
+        if (done) throw new Error(`output ended before ${expected}: ${stdout}`);
+        stdout += value;
+      }
+    },
+    status: child.status,
+    async [Symbol.asyncDispose]() {
+      reader.releaseLock();
+      await child.stdout.cancel().catch(() => {});
+      await child.status;
+    },
+  };
+}

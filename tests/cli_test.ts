@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { serve } from "../server.ts";
-import { RawServer } from "./_helpers.ts";
+import { RawServer, startCli } from "./_helpers.ts";
 
 const cli = new URL("../cli.ts", import.meta.url).pathname;
 
@@ -37,34 +37,19 @@ Deno.test("cli: sends typed lines, prints replies and closes cleanly on end of i
     }
   }, { hostname: "127.0.0.1", port: 0 });
   const uri = `ws://127.0.0.1:${server.port}/`;
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", cli, uri],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "null",
-  }).spawn();
-  const writer = child.stdin.getWriter();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let stdout = "";
-  // Types a line once the previous answer is on screen, as a person would.
-  const waitFor = async (pattern: RegExp): Promise<void> => {
-    while (!pattern.test(stdout)) {
-      const { value, done } = await reader.read();
-      if (done) throw new Error(`output ended before ${pattern}: ${stdout}`);
-      stdout += value;
-    }
-  };
+  await using session = startCli([uri]);
   try {
-    await waitFor(/< \(binary\) 2 bytes: 01 02\n/);
-    await writer.write(new TextEncoder().encode("first\n"));
-    await waitFor(/< first\n/);
-    await writer.write(new TextEncoder().encode("/ping\n"));
-    await waitFor(/= pong in [0-9.]+ ms\n/);
-    await writer.close();
-    await waitFor(/Connection closed: .*\n/);
-    const { code } = await child.status;
+    // Types a line once the previous answer is on screen, as a person would.
+    await session.waitFor(/< \(binary\) 2 bytes: 01 02\n/);
+    await session.type("first");
+    await session.waitFor(/< first\n/);
+    await session.type("/ping");
+    await session.waitFor(/= pong in [0-9.]+ ms\n/);
+    await session.endInput();
+    await session.waitFor(/Connection closed: .*\n/);
+    const { code } = await session.status;
     assert.equal(code, 0);
-    const lines = stdout.trim().split("\n");
+    const lines = session.stdout.trim().split("\n");
     assert.deepEqual(lines, [
       `Connected to ${uri}`,
       "< (binary) 2 bytes: 01 02",
@@ -75,9 +60,6 @@ Deno.test("cli: sends typed lines, prints replies and closes cleanly on end of i
     assert.match(lines[3], /^= pong in [0-9.]+ ms$/);
     assert.deepEqual(received, ["first"]);
   } finally {
-    reader.releaseLock();
-    await child.stdout.cancel().catch(() => {});
-    await child.status;
     await server.close();
   }
 });

@@ -28,6 +28,7 @@ import {
   RawServer,
   rejection,
   selfSignedCert,
+  startCli,
   type TlsFiles,
   within,
 } from "./_helpers.ts";
@@ -1017,36 +1018,14 @@ proxyTest(
 proxyTest("tinyproxy", "the CLI talks through --proxy", async () => {
   await using server = new EchoServer();
   await using proxy = await Tinyproxy.start({ connectPorts: [server.port] });
-  const cli = new URL("../cli.ts", import.meta.url).pathname;
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", cli, "--proxy", proxy.url(), server.uri],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "null",
-  }).spawn();
-  const writer = child.stdin.getWriter();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let stdout = "";
-  const waitFor = async (text: string): Promise<void> => {
-    while (!stdout.includes(text)) {
-      const { value, done } = await reader.read();
-      if (done) throw new Error(`output ended before ${text}: ${stdout}`);
-      stdout += value;
-    }
-  };
-  try {
-    await waitFor("Connected");
-    await writer.write(new TextEncoder().encode("hello\n"));
-    await waitFor("< hello\n");
-    await writer.close();
-    await waitFor("Connection closed: 1000 (OK).\n");
-    assert.equal((await child.status).code, 0);
-    assert.equal(stdout, `Connected to ${server.uri}\n< hello\nConnection closed: 1000 (OK).\n`);
-  } finally {
-    reader.releaseLock();
-    await child.stdout.cancel().catch(() => {});
-    await child.status;
-  }
+  await using cli = startCli(["--proxy", proxy.url(), server.uri]);
+  await cli.waitFor("Connected");
+  await cli.type("hello");
+  await cli.waitFor("< hello\n");
+  await cli.endInput();
+  await cli.waitFor("Connection closed: 1000 (OK).\n");
+  assert.equal((await cli.status).code, 0);
+  assert.equal(cli.stdout, `Connected to ${server.uri}\n< hello\nConnection closed: 1000 (OK).\n`);
   assert.equal(server.remotePorts.length, 1);
   await proxy.logMatching(new RegExp(`CONNECT ${HOST}:${server.port} HTTP/1.1`));
 });
