@@ -170,6 +170,10 @@ class HandleTransport implements Transport {
   #eof = false;
   #closed = false;
   #error: Error | undefined;
+  // The reader waiting without a promise (takeChunk), woken once something comes, and the
+  // chunk that came for it.
+  #wake: (() => void) | undefined;
+  #handoff: Uint8Array | undefined;
   // The read waiting: a chunk (readChunk) or a count of bytes read into #into (read).
   #readResolve: ((value: Uint8Array | number | null) => void) | undefined;
   #readReject: ((error: Error) => void) | undefined;
@@ -235,6 +239,13 @@ class HandleTransport implements Transport {
         this.#handle.useUserBuffer(this.#own);
       }
     }
+    const wake = this.#wake;
+    if (wake !== undefined) {
+      this.#wake = undefined;
+      this.#handoff = chunk;
+      wake();
+      return;
+    }
     const resolve = this.#readResolve;
     if (resolve !== undefined) {
       this.#readResolve = this.#readReject = undefined;
@@ -247,8 +258,16 @@ class HandleTransport implements Transport {
     if (this.#unreadBytes >= KEEP_UNREAD) this.#stopReading();
   }
 
-  // Ends the waiting read with the end of the stream or the error.
+  // Ends the waiting read with the end of the stream or the error: wakes a reader waiting in
+  // takeChunk() (later, when the socket is being closed by a caller: not inside that call).
   #settleRead(): void {
+    const wake = this.#wake;
+    if (wake !== undefined) {
+      this.#wake = undefined;
+      if (this.#closed) queueMicrotask(wake);
+      else wake();
+      return;
+    }
     const resolve = this.#readResolve, reject = this.#readReject;
     if (resolve === undefined) return;
     this.#readResolve = this.#readReject = undefined;
@@ -278,12 +297,36 @@ class HandleTransport implements Transport {
 
   // What was received while nobody read, or undefined.
   #takeUnread(): Uint8Array | undefined {
+    const handoff = this.#handoff;
+    if (handoff !== undefined) {
+      this.#handoff = undefined;
+      return handoff;
+    }
     const unread = this.#unread;
     if (unread === undefined) return undefined;
     const chunk = unread.shift()!;
     this.#unreadBytes -= chunk.length;
     if (unread.length === 0) this.#unread = undefined;
     return chunk;
+  }
+
+  /**
+   * The next chunk received (the caller owns it), `null` at the end of the
+   * stream, or `undefined` when nothing came yet: then `wake` is called once
+   * something does. Throws the read error.
+   */
+  takeChunk(wake: () => void): Uint8Array | null | undefined {
+    const chunk = this.#takeUnread();
+    if (chunk !== undefined) {
+      this.#startReading();
+      return chunk;
+    }
+    if (this.#closed || this.#eof) return null;
+    if (this.#error !== undefined) throw this.#error;
+    this.#startReading();
+    if (this.#error !== undefined) throw this.#error;
+    this.#wake = wake;
+    return undefined;
   }
 
   /** Resolves with the next chunk received (the caller owns it), `null` at the end of the stream. */
@@ -406,7 +449,7 @@ class HandleTransport implements Transport {
     if (this.#closed) return;
     this.#closed = true;
     this.#stopReading();
-    this.#unread = undefined;
+    this.#unread = this.#handoff = undefined;
     this.#unreadBytes = 0;
     this.#own = undefined;
     // A read or a write in progress ends now, as on a closed Deno.Conn.

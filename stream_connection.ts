@@ -117,7 +117,9 @@ export class StreamConnection extends Connection {
   #closeTimer: ReturnType<typeof setTimeout> | undefined;
   // Bounds how long a failure waits for the application to read what came before it.
   #failTimer: ReturnType<typeof setTimeout> | undefined;
-  #readLoop: Promise<void> | undefined;
+  #started = false;
+  // Runs the read loop again once a transport with takeChunk() has something (see #run()).
+  #wake: (() => void) | undefined;
   #handshakeSettled = false;
   #handshakeResolve!: () => void;
   #handshakeReject!: (error: unknown) => void;
@@ -153,7 +155,10 @@ export class StreamConnection extends Connection {
 
   /** Starts the read loop (and, once open, keepalive). */
   start(): void {
-    this.#readLoop ??= this.#run();
+    if (!this.#started) {
+      this.#started = true;
+      this.#run();
+    }
     if (this.protocol.state === State.OPEN) this.#opened();
   }
 
@@ -636,36 +641,53 @@ export class StreamConnection extends Connection {
     return chunk;
   }
 
-  async #run(): Promise<void> {
+  // Reads and processes what comes until the connection ends. Over a transport with
+  // takeChunk(), a run also ends whenever nothing came yet, and the transport starts the next
+  // one when something does (`woken`): a connection waiting for data then holds no suspended
+  // function and no pending promise.
+  async #run(woken = false): Promise<void> {
     const protocol = this.protocol;
+    const transport = this.transport;
     let error: Error | undefined;
+    // Set when this run ended to wait for data without a promise (see above).
+    let waiting = false;
     try {
       while (!protocol.eofReceived && !this.#transportClosed) {
-        // Reading pauses only while open: once closing, nothing read is queued or answered.
-        while (protocol.state === State.OPEN && !this.#transportClosed) {
+        // Reading pauses only while open: once closing, nothing read is queued or answered. (A
+        // run woken by the transport goes on with the read it was waiting for, as a pending read
+        // would: the end of the stream is seen even while output is paused.)
+        while (!woken && protocol.state === State.OPEN && !this.#transportClosed) {
           if (protocol.failurePending) await this.#failureSent();
           else if (this.queueFull) await this.waitForQueueSpace();
           else if (this.bufferedAmount > this.#readPauseOutput) await this.#outputDrained();
           else break;
         }
+        woken = false;
         if (this.#transportClosed) break;
         let chunk: Uint8Array | null;
         // Set when the read went straight into the payload of a large frame: the bytes it brought.
         let direct: number | undefined;
         // The buffer read into, declared here so that each time round resets it: kept from an
         // earlier read (a large frame's payload), it would stay alive as long as the connection
-        // then idles in readChunk().
+        // then idles in a read.
         let slab: Uint8Array | undefined;
         try {
           // (Not an async helper: one suspended function per idle connection is enough.)
           // The rest of a large payload is read straight into the frame's buffer, whatever
           // the transport; otherwise a transport with buffers of its own hands its chunk over.
           const into = protocol.receiveBuffer(DIRECT_READ_FROM);
-          if (into === undefined && this.transport.readChunk !== undefined) {
-            chunk = await this.transport.readChunk();
+          if (into === undefined && transport.takeChunk !== undefined) {
+            const taken = transport.takeChunk(this.#wake ??= () => void this.#run(true));
+            if (taken === undefined) {
+              waiting = true;
+              return;
+            }
+            chunk = taken;
+          } else if (into === undefined && transport.readChunk !== undefined) {
+            chunk = await transport.readChunk();
           } else {
             slab = into ?? this.#readBuffer();
-            const count = await this.transport.read(slab);
+            const count = await transport.read(slab);
             if (count !== null && into !== undefined) direct = count;
             chunk = count === null ? null : into ?? this.#readDone(slab, count);
           }
@@ -706,17 +728,22 @@ export class StreamConnection extends Connection {
       error = runError instanceof Error ? runError : new Error(String(runError));
       this.logger?.error(`connection ${this.id}: unexpected error`, error);
     } finally {
-      // Let a final write (close frame, response) go out before closing, for at most
-      // closeTimeout: a peer that ended its side of the stream and doesn't read would
-      // otherwise hold the write, and the socket, forever.
-      if (this.#writing || protocol.outputLength !== 0) this.#startCloseTimer();
-      while (this.#writing) await this.#writesDone();
-      if (!this.#transportClosed && protocol.outputLength !== 0) {
-        this.#flush();
-        while (this.#writing) await this.#writesDone();
-      }
-      this.#finish(error);
+      if (!waiting) await this.#end(error);
     }
+  }
+
+  // The read loop's end. A final write (close frame, response) goes out before closing, for at
+  // most closeTimeout: a peer that ended its side of the stream and doesn't read would
+  // otherwise hold the write, and the socket, forever.
+  async #end(error: Error | undefined): Promise<void> {
+    const protocol = this.protocol;
+    if (this.#writing || protocol.outputLength !== 0) this.#startCloseTimer();
+    while (this.#writing) await this.#writesDone();
+    if (!this.#transportClosed && protocol.outputLength !== 0) {
+      this.#flush();
+      while (this.#writing) await this.#writesDone();
+    }
+    this.#finish(error);
   }
 
   /**
