@@ -728,8 +728,8 @@ export class FrameReader {
   // The chunk being read and the position of its first unread byte.
   #buffer: Uint8Array = EMPTY;
   #position = 0;
-  // Chunks fed while #buffer still had unread bytes, oldest first.
-  #queue: Uint8Array[] = [];
+  // Chunks fed while #buffer still had unread bytes, oldest first (made on demand).
+  #queue: Uint8Array[] | undefined;
   #queueHead = 0;
   #queued = 0;
   // The start of a header split between chunks, at most 14 bytes.
@@ -787,11 +787,11 @@ export class FrameReader {
   /** Adds bytes received from the network. The reader owns `chunk` from now on. */
   feed(chunk: Uint8Array): void {
     if (chunk.length === 0) return;
-    if (this.#position === this.#buffer.length && this.#queueHead === this.#queue.length) {
+    if (this.#position === this.#buffer.length && this.#queue === undefined) {
       this.#buffer = chunk;
       this.#position = 0;
     } else {
-      this.#queue.push(chunk);
+      (this.#queue ??= []).push(chunk);
       this.#queued += chunk.length;
     }
   }
@@ -822,7 +822,7 @@ export class FrameReader {
     const frame = this.#partial;
     if (
       frame === undefined || this.#position !== this.#buffer.length ||
-      this.#queueHead !== this.#queue.length
+      this.#queue !== undefined
     ) {
       return undefined;
     }
@@ -1041,7 +1041,7 @@ export class FrameReader {
   /** Moves to the next queued chunk; returns false (releasing the chunk read) when there is none. */
   #advance(): boolean {
     const queue = this.#queue;
-    if (this.#queueHead === queue.length) {
+    if (queue === undefined) {
       this.#buffer = EMPTY;
       this.#position = 0;
       return false;
@@ -1049,7 +1049,7 @@ export class FrameReader {
     const chunk = queue[this.#queueHead];
     queue[this.#queueHead++] = EMPTY;
     if (this.#queueHead === queue.length) {
-      this.#queue = [];
+      this.#queue = undefined;
       this.#queueHead = 0;
     }
     this.#queued -= chunk.length;

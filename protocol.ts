@@ -438,8 +438,9 @@ export abstract class Protocol {
   /** The frame reader, created when the connection opens. */
   protected reader: FrameReader | undefined;
   #state: State = State.CONNECTING;
-  #events: ProtocolEvent[] = [];
-  #output: Uint8Array[] = [];
+  // Made on demand: an idle connection holds no event or output list.
+  #events: ProtocolEvent[] | undefined;
+  #output: Uint8Array[] | undefined;
   #outputLength = 0;
   // Incoming fragmented message: its opcode, whether it is compressed (an RSV bit on its first
   // frame: extensions transform it), its bytes so far, and the text decoder.
@@ -512,7 +513,8 @@ export abstract class Protocol {
   /** Returns the events received since the last call, and forgets them. */
   eventsReceived(): ProtocolEvent[] {
     const events = this.#events;
-    this.#events = [];
+    if (events === undefined) return [];
+    this.#events = undefined;
     return events;
   }
 
@@ -523,7 +525,8 @@ export abstract class Protocol {
    */
   dataToSend(): Uint8Array[] {
     const output = this.#output;
-    this.#output = [];
+    if (output === undefined) return [];
+    this.#output = undefined;
     this.#outputLength = 0;
     return output;
   }
@@ -850,9 +853,9 @@ export abstract class Protocol {
           this.#recvDecoder = undefined;
           throw new ProtocolError("invalid UTF-8 in text message", CloseCode.INVALID_DATA);
         }
-        this.#events.push({ type: "message", data: text });
+        (this.#events ??= []).push({ type: "message", data: text });
       } else {
-        this.#events.push({ type: "message", data });
+        (this.#events ??= []).push({ type: "message", data });
       }
       return;
     }
@@ -884,7 +887,7 @@ export abstract class Protocol {
     const message = this.#recvOpcode === Opcode.TEXT ? textDecoder.decode(bytes) : bytes;
     this.#recvOpcode = undefined;
     this.#recvFragments = undefined;
-    this.#events.push({ type: "message", data: message });
+    (this.#events ??= []).push({ type: "message", data: message });
   }
 
   /**
@@ -943,7 +946,7 @@ export abstract class Protocol {
       const data = this.#recvOpcode === Opcode.TEXT
         ? decoder.decode(bytes, { stream: true })
         : bytes;
-      this.#events.push({ type: "fragment", data, fin: false });
+      (this.#events ??= []).push({ type: "fragment", data, fin: false });
     }
     this.#keepPendingText(decoder);
   }
@@ -992,7 +995,7 @@ export abstract class Protocol {
       this.#streamMaxSize = undefined;
       this.#streamSize = 0;
     }
-    this.#events.push({ type: "fragment", data: part, fin });
+    (this.#events ??= []).push({ type: "fragment", data: part, fin });
   }
 
   /** Handles a ping, pong or close frame. */
@@ -1002,9 +1005,9 @@ export abstract class Protocol {
     if (frame.opcode === Opcode.PING) {
       // Answer with a pong of the same payload while open (RFC 6455 §5.5.2).
       if (this.#state === State.OPEN) this.sendFrame(new Frame(Opcode.PONG, data.slice()));
-      this.#events.push({ type: "ping", data });
+      (this.#events ??= []).push({ type: "ping", data });
     } else if (frame.opcode === Opcode.PONG) {
-      this.#events.push({ type: "pong", data });
+      (this.#events ??= []).push({ type: "pong", data });
     } else {
       const close = Close.parse(data);
       this.closeRcvd = close;
@@ -1018,7 +1021,7 @@ export abstract class Protocol {
         this.closeRcvdThenSent = false;
       }
       if (!this.isClient) this.sendEof();
-      this.#events.push({ type: "close", close });
+      (this.#events ??= []).push({ type: "close", close });
       // Nothing after a close frame is processed (RFC 6455 §5.5.1).
       this.#discarding = true;
     }
@@ -1198,12 +1201,12 @@ export abstract class Protocol {
 
   /** Queues an event for `eventsReceived()`. */
   protected pushEvent(event: ProtocolEvent): void {
-    this.#events.push(event);
+    (this.#events ??= []).push(event);
   }
 
   /** Queues bytes for `dataToSend()`. */
   protected pushOutput(bytes: Uint8Array): void {
-    this.#output.push(bytes);
+    (this.#output ??= []).push(bytes);
     this.#outputLength += bytes.length;
     this.counters.wireBytesSent += bytes.length;
   }
@@ -1213,7 +1216,7 @@ export abstract class Protocol {
     if (this.eofSent) return;
     this.eofSent = true;
     this.logger?.debug("> EOF");
-    this.#output.push(EOF);
+    (this.#output ??= []).push(EOF);
   }
 
   /** Ignores every byte received from now on. */
@@ -1603,7 +1606,7 @@ export class ServerProtocol extends Protocol {
   protected receiveHandshake(data: Uint8Array): Uint8Array | undefined {
     if (this.request !== undefined) {
       // Bytes after the request and before the response: keep them for the frame reader.
-      this.#pending.push(data);
+      (this.#pending ??= []).push(data);
       return undefined;
     }
     const parser = this.#parser ??= new RequestParser(this.httpLimits);
@@ -1625,12 +1628,13 @@ export class ServerProtocol extends Protocol {
     this.#parser = undefined; // its buffers aren't needed any more
     this.request = result.message;
     this.logger?.debug(`< GET ${this.request.path} HTTP/1.1`);
-    if (result.rest.length !== 0) this.#pending.push(result.rest);
+    if (result.rest.length !== 0) (this.#pending ??= []).push(result.rest);
     this.pushEvent({ type: "request", request: this.request });
     return undefined;
   }
 
-  #pending: Uint8Array[] = [];
+  // Bytes that came after the request, before the response was sent.
+  #pending: Uint8Array[] | undefined;
 
   /** Handles the end of the stream during the handshake. */
   protected receiveHandshakeEof(): void {
@@ -1839,8 +1843,8 @@ export class ServerProtocol extends Protocol {
         allowedRsv: this.extensions.reduce((bits, extension) => bits | extension.rsvBits, 0),
       });
       this.setState(State.OPEN);
-      const pending = this.#pending;
-      this.#pending = [];
+      const pending = this.#pending ?? [];
+      this.#pending = undefined;
       for (const chunk of pending) {
         if (this.eofReceived) break;
         this.receiveData(chunk);
