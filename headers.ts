@@ -153,6 +153,9 @@ export function validateHeaderValue(name: string, value: string): void {
   }
 }
 
+// Up to this many items (names and values), Headers holds them in an array of exactly their size.
+const EXACT_ITEMS = 32;
+
 /**
  * HTTP headers: a case-insensitive map from header names to one or more
  * values that keeps every `[name, value]` pair in insertion order with the
@@ -367,7 +370,11 @@ export class Headers implements Iterable<string> {
   }
 
   #add(name: string, value: string): void {
-    this.#items.push(name, value);
+    const items = this.#items;
+    // A handful of pairs grows by exactly one pair: a connection keeps its handshake's request
+    // and response headers, where push() would leave room for about 8 more pairs in each.
+    if (items.length < EXACT_ITEMS) this.#items = [...items, name, value];
+    else items.push(name, value);
   }
 
   // The index in #items of the first pair named `name` at or after `from`, or -1.
