@@ -69,6 +69,9 @@ export function copyAll(
   return out;
 }
 
+/** No bytes: one empty array for every place that needs one. Never written to. */
+export const EMPTY: Uint8Array = new Uint8Array(0);
+
 /**
  * `parts` joined into new bytes with a buffer of their own (safe to hand to
  * users); `length`, when given, is their total length.

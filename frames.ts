@@ -18,7 +18,7 @@
  * @module
  */
 
-import { allocate, allocateOwn } from "./_bytes.ts";
+import { allocate, allocateOwn, EMPTY } from "./_bytes.ts";
 import { PayloadTooBig, ProtocolError } from "./errors.ts";
 
 /**
@@ -680,8 +680,6 @@ function copyMaskedBytes(
 export function applyMask(data: Uint8Array, key: Uint8Array): void {
   maskRange(data, 0, data.length, packKey(key));
 }
-
-const EMPTY = new Uint8Array(0);
 
 /**
  * Incremental frame parser: feed it bytes as they arrive, in chunks of any

@@ -22,9 +22,9 @@
  * @module
  */
 
-import { concat } from "./_bytes.ts";
+import { concat, EMPTY } from "./_bytes.ts";
 import { InvalidHeaderValue, InvalidMessage, InvalidState, SecurityError } from "./errors.ts";
-import { Headers, parseConnection, validateHeaderName } from "./headers.ts";
+import { Headers, parseConnection } from "./headers.ts";
 
 /**
  * Limits that protect a parser from an oversized or malicious message. Each
@@ -76,7 +76,10 @@ export interface HttpLimits {
 export interface ParseResult<T> {
   /** The parsed message. */
   message: T;
-  /** The bytes that followed the message, possibly empty. */
+  /**
+   * The bytes that followed the message, possibly empty; possibly a view of
+   * the last chunk fed rather than a copy.
+   */
   rest: Uint8Array;
 }
 
@@ -96,21 +99,25 @@ function excerpt(text: string): string {
 // codes is several times faster than spreading a typed array.
 const latin1Codes: number[] = [];
 
-function decodeLatin1(bytes: Uint8Array): string {
+// The text of bytes[start, end) (no view made for it).
+function decodeLatin1(bytes: Uint8Array, start: number, end: number): string {
   let text = "";
-  for (let i = 0; i < bytes.length; i += 4096) {
-    const end = Math.min(i + 4096, bytes.length);
-    latin1Codes.length = end - i;
-    for (let j = i; j < end; j++) latin1Codes[j - i] = bytes[j];
+  for (let i = start; i < end; i += 4096) {
+    const stop = Math.min(i + 4096, end);
+    latin1Codes.length = stop - i;
+    for (let j = i; j < stop; j++) latin1Codes[j - i] = bytes[j];
     text += String.fromCharCode.apply(null, latin1Codes);
   }
   return text;
 }
 
-// `text` must only hold characters up to U+00FF (checked by the callers).
-function encodeLatin1(text: string): Uint8Array {
-  const bytes = new Uint8Array(text.length);
-  for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
+// A message as bytes: `head` (start line and header block, characters up to U+00FF only, as
+// the callers check) one byte per character, then `body`; one buffer, written once.
+function serializeMessage(head: string, body?: Uint8Array): Uint8Array {
+  const length = head.length;
+  const bytes = new Uint8Array(length + (body === undefined ? 0 : body.length));
+  for (let i = 0; i < length; i++) bytes[i] = head.charCodeAt(i);
+  if (body !== undefined) bytes.set(body, length);
   return bytes;
 }
 
@@ -190,8 +197,7 @@ export class Request {
     if (!isValidTarget(this.path)) {
       throw new InvalidMessage(`invalid HTTP request target: ${JSON.stringify(this.path)}`);
     }
-    const head = encodeLatin1(`GET ${this.path} HTTP/1.1\r\n`);
-    return concat([head, this.headers.serialize()]);
+    return serializeMessage(`GET ${this.path} HTTP/1.1\r\n${this.headers}`);
   }
 }
 
@@ -273,22 +279,24 @@ export class Response {
     if (!isValidReason(reasonPhrase)) {
       throw new InvalidMessage(`invalid HTTP reason phrase: ${JSON.stringify(reasonPhrase)}`);
     }
-    const head = encodeLatin1(`HTTP/1.1 ${statusCode} ${reasonPhrase}\r\n`);
-    const parts = [head, this.headers.serialize()];
-    if (this.body !== undefined) parts.push(this.body);
-    return concat(parts);
+    return serializeMessage(`HTTP/1.1 ${statusCode} ${reasonPhrase}\r\n${this.headers}`, this.body);
   }
 }
 
-// A growable byte buffer: unread bytes live in buf[start, end). Bytes are
-// appended in place, with the buffer doubling when full, so buffering costs
-// O(n) overall; lines are searched for in new bytes only.
+// The bytes of the message being parsed: unread bytes live in buf[start, end). A chunk fed while
+// nothing is unread is parsed where it is, without a copy (a handshake usually comes whole in
+// one read); bytes still unread when the feed ends are copied into a buffer of the queue's own
+// (see keep()), since the caller may reuse its chunk. Later chunks are appended there, with the
+// buffer doubling when full, so buffering costs O(n) overall; lines are searched for in new
+// bytes only.
 class ByteQueue {
-  #buf = new Uint8Array(0);
+  #buf: Uint8Array = EMPTY;
   #start = 0;
   #end = 0;
   // Where the search for LF resumes: bytes in [start, scan) hold no LF.
   #scan = 0;
+  // Whether #buf is the queue's own buffer rather than the chunk being fed.
+  #owned = false;
 
   get available(): number {
     return this.#end - this.#start;
@@ -296,8 +304,16 @@ class ByteQueue {
 
   push(chunk: Uint8Array): void {
     const length = chunk.length;
+    const unread = this.#end - this.#start;
+    if (unread === 0) {
+      this.#buf = chunk;
+      this.#start = this.#scan = 0;
+      this.#end = length;
+      this.#owned = false;
+      return;
+    }
+    // Unread bytes are in a buffer of the queue's own: keep() ran when the last feed ended.
     if (this.#end + length > this.#buf.length) {
-      const unread = this.#end - this.#start;
       if (unread + length <= this.#buf.length) {
         this.#buf.copyWithin(0, this.#start, this.#end);
       } else {
@@ -313,30 +329,45 @@ class ByteQueue {
     this.#end += length;
   }
 
+  // Copies the unread bytes, if they are still in the chunk fed, into a buffer of the queue's own.
+  keep(): void {
+    const unread = this.#end - this.#start;
+    if (this.#owned || unread === 0) return;
+    const buf = new Uint8Array(Math.max(unread * 2, 1024));
+    buf.set(this.#buf.subarray(this.#start, this.#end));
+    this.#buf = buf;
+    this.#scan -= this.#start;
+    this.#start = 0;
+    this.#end = unread;
+    this.#owned = true;
+  }
+
   // The next line without its CRLF, or undefined if it is incomplete.
   readLine(maxLength: number, what: string): string | undefined {
     const buf = this.#buf;
     const start = this.#start;
-    const lf = buf.subarray(0, this.#end).indexOf(LF, this.#scan);
-    if (lf === -1) {
-      this.#scan = this.#end;
+    const end = this.#end;
+    let lf = this.#scan;
+    while (lf < end && buf[lf] !== LF) lf++;
+    if (lf === end) {
+      this.#scan = end;
       // Fail as soon as the line can't fit, even before its end arrives;
       // a final CR may be the start of the CRLF.
-      const length = this.#end - start;
-      if (length > maxLength + 1 || (length === maxLength + 1 && buf[this.#end - 1] !== CR)) {
+      const length = end - start;
+      if (length > maxLength + 1 || (length === maxLength + 1 && buf[end - 1] !== CR)) {
         throw new SecurityError(`line too long: limit is ${maxLength} bytes`);
       }
       return undefined;
     }
     if (lf === start || buf[lf - 1] !== CR) {
-      const line = decodeLatin1(buf.subarray(start, lf));
+      const line = decodeLatin1(buf, start, lf);
       throw new InvalidMessage(`bare LF at end of HTTP ${what}: ${excerpt(line)}`);
     }
     if (lf - 1 - start > maxLength) {
       throw new SecurityError(`line too long: limit is ${maxLength} bytes`);
     }
     this.#start = this.#scan = lf + 1;
-    return decodeLatin1(buf.subarray(start, lf - 1));
+    return decodeLatin1(buf, start, lf - 1);
   }
 
   // A copy of the next `length` bytes (at most `available`).
@@ -347,7 +378,8 @@ class ByteQueue {
     return bytes;
   }
 
-  // Every unread byte, as a view; the queue is not used afterwards.
+  // Every unread byte, as a view (of the chunk fed, when they came in it); the queue is not
+  // used afterwards.
   rest(): Uint8Array {
     const bytes = this.#buf.subarray(this.#start, this.#end);
     this.#start = this.#end;
@@ -423,7 +455,9 @@ class MessageReader {
     this.#checkUsable();
     try {
       this.queue.push(chunk);
-      return this.#advance();
+      if (this.#advance()) return true;
+      this.queue.keep();
+      return false;
     } catch (error) {
       this.error = error;
       throw error;
@@ -548,8 +582,7 @@ class MessageReader {
     const colon = line.indexOf(":");
     if (colon === -1) throw new InvalidMessage(`invalid HTTP header line: ${excerpt(line)}`);
     const name = line.slice(0, colon);
-    validateHeaderName(name);
-    // Strip OWS around the value.
+    // Strip OWS around the value. (append() checks the name and the value.)
     let start = colon + 1;
     let end = line.length;
     while (start < end && (line[start] === " " || line[start] === "\t")) start++;

@@ -30,7 +30,7 @@
  * @module
  */
 
-import { concat } from "./_bytes.ts";
+import { concat, EMPTY } from "./_bytes.ts";
 import { zeroCounters } from "./_counters.ts";
 import { closeError, truncateReason } from "./_close.ts";
 import { sha1 } from "./_sha1.ts";
@@ -251,7 +251,6 @@ export interface ProtocolOptions {
 
 const EOF = new Uint8Array(0);
 const SERIALIZE_UNMASKED = { mask: false } as const;
-const EMPTY = new Uint8Array(0);
 const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const textEncoder = new TextEncoder();
 const textDecoder = new TextDecoder("utf-8", { fatal: true });

@@ -107,6 +107,24 @@ Deno.test("http11: request parser returns undefined until the request is complet
   assert.equal(result.message.headers.get("host"), "a");
 });
 
+Deno.test("http11: request parser keeps a copy of an incomplete request's bytes", () => {
+  // The caller reads into one buffer again and again, as a read loop does.
+  const buffer = new Uint8Array(64);
+  const parser = new RequestParser();
+  const feedThrough = (text: string) => {
+    buffer.set(bytes(text));
+    const result = parser.feed(buffer.subarray(0, text.length));
+    buffer.fill(0x58); // "X": what the next read would overwrite
+    return result;
+  };
+  assert.equal(feedThrough("GET /a HTTP/1.1\r\nHo"), undefined);
+  assert.equal(feedThrough("st: b\r"), undefined);
+  const result = feedThrough("\n\r\nrest")!;
+  assert.equal(result.message.path, "/a");
+  assert.deepEqual([...result.message.headers.rawItems()], [["Host", "b"]]);
+  assert.equal(text(result.rest), "rest");
+});
+
 Deno.test("http11: parses a request without headers", () => {
   const result = parseRequest("GET / HTTP/1.1\r\n\r\n")!;
   assert.equal(result.message.path, "/");
