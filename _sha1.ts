@@ -1,22 +1,37 @@
 // SHA-1 (FIPS 180-4), synchronous, for the handshake's Sec-WebSocket-Accept
 // only: `crypto.subtle.digest` is asynchronous and the protocol core is not.
+// Every handshake hashes one short message, so nothing is allocated per call
+// but the digest: a short message is padded in one buffer reused by every call.
 
 const W = new Int32Array(80);
+// Two blocks: enough for a handshake's key and GUID (60 bytes).
+const SHORT = new Uint8Array(128);
 
 /** Returns the 20-byte SHA-1 digest of `message`. */
 export function sha1(message: Uint8Array): Uint8Array {
   const length = message.length;
-  const blocks = ((length + 8) >>> 6) + 1;
-  const padded = new Uint8Array(blocks * 64);
-  padded.set(message);
-  padded[length] = 0x80;
-  const view = new DataView(padded.buffer);
+  const size = (((length + 8) >>> 6) + 1) * 64;
+  const block = size <= SHORT.length ? SHORT : new Uint8Array(size);
+  block.set(message);
+  block[length] = 0x80;
+  block.fill(0, length + 1, size - 8);
+  // The length in bits, big-endian, in the last 8 bytes.
   const bits = length * 8;
-  view.setUint32(padded.length - 8, Math.floor(bits / 0x100000000));
-  view.setUint32(padded.length - 4, bits >>> 0);
-  let h0 = 0x67452301, h1 = 0xefcdab89, h2 = 0x98badcfe, h3 = 0x10325476, h4 = 0xc3d2e1f0;
-  for (let offset = 0; offset < padded.length; offset += 64) {
-    for (let t = 0; t < 16; t++) W[t] = view.getInt32(offset + t * 4);
+  const high = Math.floor(bits / 0x100000000);
+  for (let i = 0; i < 4; i++) {
+    block[size - 8 + i] = high >>> (24 - 8 * i);
+    block[size - 4 + i] = bits >>> (24 - 8 * i);
+  }
+  let h0 = 0x67452301,
+    h1 = 0xefcdab89 | 0,
+    h2 = 0x98badcfe | 0,
+    h3 = 0x10325476,
+    h4 = 0xc3d2e1f0 | 0;
+  for (let offset = 0; offset < size; offset += 64) {
+    for (let t = 0; t < 16; t++) {
+      const at = offset + t * 4;
+      W[t] = (block[at] << 24) | (block[at + 1] << 16) | (block[at + 2] << 8) | block[at + 3];
+    }
     for (let t = 16; t < 80; t++) {
       const x = W[t - 3] ^ W[t - 8] ^ W[t - 14] ^ W[t - 16];
       W[t] = (x << 1) | (x >>> 31);
@@ -50,12 +65,8 @@ export function sha1(message: Uint8Array): Uint8Array {
     h3 = (h3 + d) | 0;
     h4 = (h4 + e) | 0;
   }
-  const out = new Uint8Array(20);
-  const outView = new DataView(out.buffer);
-  outView.setInt32(0, h0);
-  outView.setInt32(4, h1);
-  outView.setInt32(8, h2);
-  outView.setInt32(12, h3);
-  outView.setInt32(16, h4);
-  return out;
+  const digest = new Uint8Array(20);
+  const words = [h0, h1, h2, h3, h4];
+  for (let i = 0; i < 20; i++) digest[i] = words[i >>> 2] >>> (24 - 8 * (i & 3));
+  return digest;
 }

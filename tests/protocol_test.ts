@@ -397,6 +397,19 @@ Deno.test("protocol: acceptKey gives the RFC 6455 §1.3 value", () => {
   assert.equal(acceptKey(KEY), ACCEPT);
 });
 
+Deno.test("protocol: acceptKey agrees with Web Crypto's SHA-1 for keys of every length", async () => {
+  // Key and GUID from 36 to 236 bytes: every padding case, one to four blocks, and a non-ASCII
+  // key (UTF-8 encoded, as the RFC's algorithm reads it).
+  const keys = Array.from({ length: 201 }, (_, length) => "k".repeat(length));
+  keys.push("clé-ü");
+  const expected = await Promise.all(keys.map(async (key) => {
+    const data = new TextEncoder().encode(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    const digest = new Uint8Array(await crypto.subtle.digest("SHA-1", data));
+    return btoa(String.fromCharCode(...digest));
+  }));
+  assert.deepEqual(keys.map(acceptKey), expected);
+});
+
 Deno.test("protocol: stateName names every state", () => {
   assert.deepEqual(
     [State.CONNECTING, State.OPEN, State.CLOSING, State.CLOSED].map(stateName),
