@@ -371,9 +371,10 @@ export class Headers implements Iterable<string> {
 
   #add(name: string, value: string): void {
     const items = this.#items;
-    // A handful of pairs grows by exactly one pair: a connection keeps its handshake's request
-    // and response headers, where push() would leave room for about 8 more pairs in each.
-    if (items.length < EXACT_ITEMS) this.#items = [...items, name, value];
+    // A handful of pairs grows by exactly one pair (concat() makes an array of exactly its size,
+    // push() and a spread leave room): a connection keeps its handshake's request and response
+    // headers, where push() would leave room for about 8 more pairs in each.
+    if (items.length < EXACT_ITEMS) this.#items = items.concat(name, value);
     else items.push(name, value);
   }
 
