@@ -330,9 +330,6 @@ function isTls(transport: Transport): boolean {
   return typeof (transport as Partial<Deno.TlsConn>).handshake === "function";
 }
 
-// Thrown by a server's handshake step when the handshake didn't succeed (nothing to report).
-const HANDSHAKE_FAILED = Symbol("handshake failed");
-
 /**
  * A running server, made by {@linkcode serve}: it owns the listener, the
  * connections (in their handshake and open), the sweep that drops
@@ -536,27 +533,27 @@ export class Server implements AsyncDisposable {
     }
   }
 
+  // Starts the connection; once its opening handshake ended, runs the handler or counts the
+  // failure. (Promise reactions rather than async functions: a burst of connections makes no
+  // suspended function per handshake.)
   #accepted(transport: Transport): void {
     this.#active++;
-    this.#serveConnection(transport);
-  }
-
-  // Never rejects; calls #taskDone() once the handshake failed or the handler finished.
-  async #serveConnection(transport: Transport): Promise<void> {
     let connection: ServerConnection;
     try {
-      connection = await this.#open(transport);
+      connection = this.#open(transport);
     } catch (error) {
-      if (error !== HANDSHAKE_FAILED) this.#logger?.error("unexpected error in connection", error);
+      this.#logger?.error("unexpected error in connection", error);
       this.#taskDone();
       return;
     }
-    // The handler runs in a function of its own, so that nothing of the handshake stays referenced.
-    this.#run(connection);
+    connection.handshake.then(
+      () => this.#opened(connection),
+      () => this.#notOpened(connection),
+    );
   }
 
-  // Starts the connection and waits for its opening handshake (see #handshake).
-  async #open(transport: Transport): Promise<ServerConnection> {
+  // Makes and starts the connection, whose opening handshake the sweep bounds from now on.
+  #open(transport: Transport): ServerConnection {
     const conn = transport as Deno.TcpConn;
     if (conn.setNoDelay !== undefined && this.#options.unix === undefined) {
       try {
@@ -576,17 +573,20 @@ export class Server implements AsyncDisposable {
       this.#sweepTimer = setTimeout(this.#sweep, this.#sweepEvery);
     }
     connection.start();
-    try {
-      await connection.handshake;
-    } catch {
-      // Answered with an HTTP error, timed out, or the peer left; the connection ends by itself.
-      this.#notUpgraded++;
-      addCounters(this.#closedTotals, protocol.counters);
-      throw HANDSHAKE_FAILED;
-    } finally {
-      this.#inHandshake.delete(connection);
-    }
     return connection;
+  }
+
+  #opened(connection: ServerConnection): void {
+    this.#inHandshake.delete(connection);
+    this.#run(connection);
+  }
+
+  // Answered with an HTTP error, timed out, or the peer left; the connection ends by itself.
+  #notOpened(connection: ServerConnection): void {
+    this.#inHandshake.delete(connection);
+    this.#notUpgraded++;
+    addCounters(this.#closedTotals, connection.protocol.counters);
+    this.#taskDone();
   }
 
   // Calls #taskDone() once the handler finished. (No async function here: an idle connection
