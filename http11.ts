@@ -111,12 +111,17 @@ function decodeLatin1(bytes: Uint8Array, start: number, end: number): string {
   return text;
 }
 
+const textEncoder = new TextEncoder();
+
 // A message as bytes: `head` (start line and header block, characters up to U+00FF only, as
-// the callers check) one byte per character, then `body`; one buffer, written once.
+// the callers check) one byte per character, then `body`; one buffer, written once. An ASCII
+// head (nearly every one) is its own UTF-8 encoding: the runtime's encoder writes it faster
+// than a loop does.
 function serializeMessage(head: string, body?: Uint8Array): Uint8Array {
   const length = head.length;
   const bytes = new Uint8Array(length + (body === undefined ? 0 : body.length));
-  for (let i = 0; i < length; i++) bytes[i] = head.charCodeAt(i);
+  if (!/[\u0080-\uffff]/.test(head)) textEncoder.encodeInto(head, bytes);
+  else for (let i = 0; i < length; i++) bytes[i] = head.charCodeAt(i);
   if (body !== undefined) bytes.set(body, length);
   return bytes;
 }
