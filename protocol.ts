@@ -253,6 +253,7 @@ const EOF = new Uint8Array(0);
 const SERIALIZE_UNMASKED = { mask: false } as const;
 const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const textEncoder = new TextEncoder();
+const GUID_BYTES = textEncoder.encode(GUID);
 const textDecoder = new TextDecoder("utf-8", { fatal: true });
 
 /** The default `maxSize`: 1 MiB. */
@@ -268,19 +269,17 @@ export const DEFAULT_MAX_SIZE = 1024 * 1024;
  * ```
  */
 export function acceptKey(key: string): string {
-  return bytesToBase64(sha1(utf8Bytes(key + GUID)));
-}
-
-// The UTF-8 bytes of `text`: encoded here when it is ASCII, as every valid key is, which costs
-// less than a call into TextEncoder.
-function utf8Bytes(text: string): Uint8Array {
-  const bytes = new Uint8Array(text.length);
-  for (let i = 0; i < text.length; i++) {
-    const code = text.charCodeAt(i);
-    if (code > 0x7f) return textEncoder.encode(text);
+  // The key and the GUID as UTF-8: the key's bytes are written here when it is ASCII, as every
+  // valid key is, which costs less than a call into TextEncoder.
+  const length = key.length;
+  const bytes = new Uint8Array(length + GUID_BYTES.length);
+  for (let i = 0; i < length; i++) {
+    const code = key.charCodeAt(i);
+    if (code > 0x7f) return bytesToBase64(sha1(textEncoder.encode(key + GUID)));
     bytes[i] = code;
   }
-  return bytes;
+  bytes.set(GUID_BYTES, length);
+  return bytesToBase64(sha1(bytes));
 }
 
 // A received fragment is kept as it is (a view of the bytes it arrived in) only if it is this
@@ -376,6 +375,26 @@ function singleHeader(headers: Headers, name: string, required = true): string |
   }
   if (required) throw new InvalidHeader(name);
   return undefined;
+}
+
+/**
+ * Checks that list header `name` (`Connection`, `Upgrade`) has `token` (lower case) among its
+ * values, compared case-insensitively: `InvalidUpgrade` when it hasn't, `InvalidHeaderFormat`
+ * when a value isn't a list that `parse` reads. A header that is just the token, as browsers
+ * send it, needs no parsing.
+ */
+function requireToken(
+  headers: Headers,
+  name: string,
+  parse: (value: string) => string[],
+  token: string,
+): void {
+  const values = headers.getAll(name);
+  if (values.length === 1 && values[0].toLowerCase() === token) return;
+  const tokens = values.flatMap(parse);
+  if (!tokens.some((value) => value.toLowerCase() === token)) {
+    throw new InvalidUpgrade(name, tokens.length ? tokens.join(", ") : undefined);
+  }
 }
 
 function bytesToBase64(bytes: Uint8Array): string {
@@ -1438,10 +1457,7 @@ export class ClientProtocol extends Protocol {
   private processResponse(response: Response): void {
     if (response.statusCode !== 101) throw new InvalidStatus(response);
     const headers = response.headers;
-    const connection = headers.getAll("Connection").flatMap(parseConnection);
-    if (!connection.some((value) => value.toLowerCase() === "upgrade")) {
-      throw new InvalidUpgrade("Connection", connection.length ? connection.join(", ") : undefined);
-    }
+    requireToken(headers, "Connection", parseConnection, "upgrade");
     const upgrade = headers.getAll("Upgrade").flatMap(parseUpgrade);
     if (upgrade.length !== 1 || upgrade[0].toLowerCase() !== "websocket") {
       throw new InvalidUpgrade("Upgrade", upgrade.length ? upgrade.join(", ") : undefined);
@@ -1718,15 +1734,9 @@ export class ServerProtocol extends Protocol {
     request: Request,
   ): [string, string | undefined, Extension[], string | undefined] {
     const headers = request.headers;
-    const connection = headers.getAll("Connection").flatMap(parseConnection);
-    if (!connection.some((value) => value.toLowerCase() === "upgrade")) {
-      throw new InvalidUpgrade("Connection", connection.length ? connection.join(", ") : undefined);
-    }
-    const upgrade = headers.getAll("Upgrade").flatMap(parseUpgrade);
+    requireToken(headers, "Connection", parseConnection, "upgrade");
     // RFC 6455 §4.2.1 requires "websocket"; other protocols may be listed too (RFC 7230 §6.7).
-    if (!upgrade.some((value) => value.toLowerCase() === "websocket")) {
-      throw new InvalidUpgrade("Upgrade", upgrade.length ? upgrade.join(", ") : undefined);
-    }
+    requireToken(headers, "Upgrade", parseUpgrade, "websocket");
     // RFC 6455 §4.2.1 (and RFC 7230 §5.4): exactly one Host header.
     singleHeader(headers, "Host");
     const key = singleHeader(headers, "Sec-WebSocket-Key")!;
