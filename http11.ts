@@ -22,7 +22,7 @@
  * @module
  */
 
-import { concat, EMPTY } from "./_bytes.ts";
+import { allocate, concat, EMPTY } from "./_bytes.ts";
 import { InvalidHeaderValue, InvalidMessage, InvalidState, SecurityError } from "./errors.ts";
 import { Headers, parseConnection } from "./headers.ts";
 
@@ -114,12 +114,12 @@ function decodeLatin1(bytes: Uint8Array, start: number, end: number): string {
 const textEncoder = new TextEncoder();
 
 // A message as bytes: `head` (start line and header block, characters up to U+00FF only, as
-// the callers check) one byte per character, then `body`; one buffer, written once. An ASCII
-// head (nearly every one) is its own UTF-8 encoding: the runtime's encoder writes it faster
-// than a loop does.
+// the callers check) one byte per character, then `body`; one buffer, written once, a view of
+// the shared slab when small (see allocate()). An ASCII head (nearly every one) is its own
+// UTF-8 encoding: the runtime's encoder writes it faster than a loop does.
 function serializeMessage(head: string, body?: Uint8Array): Uint8Array {
   const length = head.length;
-  const bytes = new Uint8Array(length + (body === undefined ? 0 : body.length));
+  const bytes = allocate(length + (body === undefined ? 0 : body.length), 0);
   if (!/[\u0080-\uffff]/.test(head)) textEncoder.encodeInto(head, bytes);
   else for (let i = 0; i < length; i++) bytes[i] = head.charCodeAt(i);
   if (body !== undefined) bytes.set(body, length);
@@ -194,6 +194,9 @@ export class Request {
 
   /**
    * The request as bytes: the request line, the headers and the empty line.
+   * New bytes; a small request is written into a view of a shared slab, as
+   * `Frame.prototype.serialize` writes a small frame (each view owns its
+   * bytes; the slab is never reused).
    *
    * @throws {InvalidMessage} if `path` is empty or has a character other
    * than visible ASCII.
@@ -271,6 +274,9 @@ export class Response {
 
   /**
    * The response as bytes: status line, headers, empty line, then the body.
+   * New bytes; a response of up to 1 KiB is written into a view of a shared
+   * slab, as `Frame.prototype.serialize` writes a small frame (each view
+   * owns its bytes; the slab is never reused).
    *
    * @throws {InvalidMessage} if the status code isn't an integer from 100 to
    * 599 or the reason phrase has a control character other than HTAB or a
