@@ -368,13 +368,15 @@ function isText(frame: Frame, recvOpcode: Opcode | undefined, recvCompressed: bo
  * appears several times, or when it is missing and `required`.
  */
 function singleHeader(headers: Headers, name: string, required = true): string | undefined {
-  const values = headers.getAll(name);
-  if (values.length === 1) return values[0];
-  if (values.length > 1) {
+  let value: string | undefined;
+  try {
+    value = headers.get(name); // (no list of values made for the usual single one)
+  } catch {
+    const values = headers.getAll(name);
     throw new InvalidHeader(name, values.join(", "), `more than one ${name} header found`);
   }
-  if (required) throw new InvalidHeader(name);
-  return undefined;
+  if (value === undefined && required) throw new InvalidHeader(name);
+  return value;
 }
 
 /**
@@ -397,10 +399,27 @@ function requireToken(
   }
 }
 
+const BASE64_DIGITS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+// Reused by bytesToBase64() for the digits' codes.
+const base64Codes: number[] = [];
+
+// Base64 with padding, for a key or a digest (a few bytes): the digits' codes go into one
+// array and become one string, rather than a string per byte and a call into btoa().
 function bytesToBase64(bytes: Uint8Array): string {
-  let binary = "";
-  for (let i = 0; i < bytes.length; i++) binary += String.fromCharCode(bytes[i]);
-  return btoa(binary);
+  const length = bytes.length;
+  const codes = base64Codes;
+  codes.length = Math.ceil(length / 3) * 4;
+  let at = 0;
+  for (let i = 0; i < length; i += 3) {
+    const b0 = bytes[i];
+    const b1 = i + 1 < length ? bytes[i + 1] : 0;
+    const b2 = i + 2 < length ? bytes[i + 2] : 0;
+    codes[at++] = BASE64_DIGITS.charCodeAt(b0 >> 2);
+    codes[at++] = BASE64_DIGITS.charCodeAt(((b0 & 3) << 4) | (b1 >> 4));
+    codes[at++] = i + 1 < length ? BASE64_DIGITS.charCodeAt(((b1 & 15) << 2) | (b2 >> 6)) : 0x3d;
+    codes[at++] = i + 2 < length ? BASE64_DIGITS.charCodeAt(b2 & 63) : 0x3d;
+  }
+  return String.fromCharCode.apply(null, codes);
 }
 
 /**
