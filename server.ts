@@ -409,7 +409,12 @@ export class Server implements AsyncDisposable {
     this.#openTimeout = options.openTimeout ?? DEFAULTS.openTimeout;
     this.#closeTimeout = options.closeTimeout ?? DEFAULTS.closeTimeout;
     this.#sweepEvery = Math.max(this.#openTimeout / 4, 1);
-    this.#connectionOptions = { ...options, onHandshake: this.#onHandshake, closeAtOnce: true };
+    this.#connectionOptions = {
+      ...options,
+      onHandshake: this.#onHandshake,
+      onHandshakeEnd: this.#onHandshakeEnd,
+      closeAtOnce: true,
+    };
     // A TLS connection closes with a close_notify that a half-close sends: keep that.
     this.#tlsConnectionOptions = { ...this.#connectionOptions, closeAtOnce: false };
     this.#protocolOptions = {
@@ -533,23 +538,17 @@ export class Server implements AsyncDisposable {
     }
   }
 
-  // Starts the connection; once its opening handshake ended, runs the handler or counts the
-  // failure. (Promise reactions rather than async functions: a burst of connections makes no
-  // suspended function per handshake.)
+  // Starts the connection; once its opening handshake ended (#onHandshakeEnd), the handler
+  // runs or the failure is counted. (No async function nor promise per handshake: a burst of
+  // connections pays for each in garbage collection.)
   #accepted(transport: Transport): void {
     this.#active++;
-    let connection: ServerConnection;
     try {
-      connection = this.#open(transport);
+      this.#open(transport);
     } catch (error) {
       this.#logger?.error("unexpected error in connection", error);
       this.#taskDone();
-      return;
     }
-    connection.handshake.then(
-      () => this.#opened(connection),
-      () => this.#notOpened(connection),
-    );
   }
 
   // Makes and starts the connection, whose opening handshake the sweep bounds from now on.
@@ -575,6 +574,15 @@ export class Server implements AsyncDisposable {
     connection.start();
     return connection;
   }
+
+  // Called from the connection's read loop: the handler runs after it, in a microtask, as it
+  // would after a promise.
+  #onHandshakeEnd = (connection: StreamConnection, opened: boolean): void => {
+    const serverConnection = connection as ServerConnection;
+    queueMicrotask(
+      opened ? () => this.#opened(serverConnection) : () => this.#notOpened(serverConnection),
+    );
+  };
 
   #opened(connection: ServerConnection): void {
     this.#inHandshake.delete(connection);

@@ -33,6 +33,16 @@ export interface StreamConnectionOptions extends ConnectionOptions {
    */
   onHandshake?: (event: ProtocolEvent, connection: StreamConnection) => void | Promise<void>;
   /**
+   * Called once the opening handshake ended, with `true` when the
+   * connection opened and `false` when the handshake failed (`handshake`
+   * rejects with the reason), without a promise and its reactions: for
+   * servers that start thousands of connections at once. It is called from
+   * the read loop: defer any work that may call back into the connection.
+   *
+   * @default {undefined}
+   */
+  onHandshakeEnd?: (connection: StreamConnection, opened: boolean) => void;
+  /**
    * Whether the transport delivers what was written to it even when it is
    * closed right after the write, as a TCP or Unix socket does. A server then
    * closes it as soon as the client's close frame came and its own was
@@ -59,8 +69,10 @@ const READ_PAUSE_OUTPUT = 1024 * 1024;
 // When this much or more of a frame's payload is still to come, it is read straight into the
 // frame's buffer rather than into a read buffer and copied from there.
 const DIRECT_READ_FROM = 16 * 1024;
-// What the handshake's resolve and reject become once used, so that they are not kept.
-function settled(): void {}
+// How the opening handshake ended, while it hasn't and once it opened the connection (a
+// failure is the error).
+const RUNNING = Symbol("running");
+const OPENED = Symbol("opened");
 // No read buffer: one empty array for every connection.
 const EMPTY = new Uint8Array(0);
 
@@ -120,11 +132,13 @@ export class StreamConnection extends Connection {
   #started = false;
   // Runs the read loop again once a transport with takeChunk() has something (see #run()).
   #wake: (() => void) | undefined;
-  #handshakeSettled = false;
-  #handshakeResolve!: () => void;
-  #handshakeReject!: (error: unknown) => void;
-  /** Resolves when the opening handshake succeeded, rejects with the handshake error. */
-  readonly handshake: Promise<void>;
+  readonly #onHandshakeEnd: StreamConnectionOptions["onHandshakeEnd"];
+  // RUNNING, OPENED, or the error the handshake failed with.
+  #handshakeEnd: unknown = RUNNING;
+  // `handshake`, made when first asked for, and its resolve and reject while it waits.
+  #handshake: Promise<void> | undefined;
+  #handshakeResolve: (() => void) | undefined;
+  #handshakeReject: ((error: unknown) => void) | undefined;
 
   /** Wraps `protocol` around `transport`; call `start()` to begin reading. */
   constructor(protocol: Protocol, transport: Transport, options: StreamConnectionOptions = {}) {
@@ -137,11 +151,28 @@ export class StreamConnection extends Connection {
     this.transport = transport;
     this.#onHandshake = options.onHandshake;
     this.#closeAtOnce = options.closeAtOnce ?? false;
-    this.handshake = new Promise((resolve, reject) => {
-      this.#handshakeResolve = resolve;
-      this.#handshakeReject = reject;
-    });
-    this.handshake.catch(() => {});
+    this.#onHandshakeEnd = options.onHandshakeEnd;
+  }
+
+  /**
+   * Resolves when the opening handshake succeeded, rejects with the
+   * handshake error. (Made when first asked for: `serve()` learns how each
+   * handshake ended through `onHandshakeEnd`.)
+   */
+  get handshake(): Promise<void> {
+    if (this.#handshake === undefined) {
+      const end = this.#handshakeEnd;
+      this.#handshake = end === RUNNING
+        ? new Promise((resolve, reject) => {
+          this.#handshakeResolve = resolve;
+          this.#handshakeReject = reject;
+        })
+        : end === OPENED
+        ? Promise.resolve()
+        : Promise.reject(end);
+      this.#handshake.catch(() => {});
+    }
+    return this.#handshake;
   }
 
   /**
@@ -844,8 +875,8 @@ export class StreamConnection extends Connection {
   }
 
   #opened(): void {
-    if (this.#handshakeSettled) return;
-    this.#handshakeSettled = true;
+    if (this.#handshakeEnd !== RUNNING) return;
+    this.#handshakeEnd = OPENED;
     if (this.#readSize === HANDSHAKE_READ) {
       // Back to small reads; the rest of the handshake's buffer isn't kept by an idle connection.
       this.#readSize = MIN_READ;
@@ -854,17 +885,19 @@ export class StreamConnection extends Connection {
     this.markOpen();
     this.logger?.info(`connection ${this.id} open`);
     const resolve = this.#handshakeResolve;
-    this.#handshakeResolve = this.#handshakeReject = settled;
-    resolve();
+    this.#handshakeResolve = this.#handshakeReject = undefined;
+    resolve?.();
     this.startKeepalive();
+    this.#onHandshakeEnd?.(this, true);
   }
 
   #settleHandshake(error: unknown): void {
-    if (this.#handshakeSettled) return;
-    this.#handshakeSettled = true;
+    if (this.#handshakeEnd !== RUNNING) return;
+    this.#handshakeEnd = error;
     const reject = this.#handshakeReject;
-    this.#handshakeResolve = this.#handshakeReject = settled;
-    reject(error);
+    this.#handshakeResolve = this.#handshakeReject = undefined;
+    reject?.(error);
+    this.#onHandshakeEnd?.(this, false);
   }
 
   #finish(error: Error | undefined): void {
@@ -891,7 +924,7 @@ export class StreamConnection extends Connection {
         // already at EOF
       }
     }
-    if (!this.#handshakeSettled) {
+    if (this.#handshakeEnd === RUNNING) {
       this.#settleHandshake(
         protocol.handshakeError ?? error ?? new ConnectionClosedError(undefined, undefined),
       );

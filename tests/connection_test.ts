@@ -6,7 +6,12 @@ import assert from "node:assert/strict";
 import { concat } from "../_bytes.ts";
 import { connect } from "../client.ts";
 import { type CloseResult, type Message, StreamConnection, type Transport } from "../connection.ts";
-import { ConnectionClosedError, ConnectionClosedOK, PayloadTooBig } from "../errors.ts";
+import {
+  ConnectionClosedError,
+  ConnectionClosedOK,
+  InvalidMessage,
+  PayloadTooBig,
+} from "../errors.ts";
 import { Close, Frame, Opcode } from "../frames.ts";
 import { ServerProtocol, State } from "../protocol.ts";
 import type { ServerConnection } from "../server.ts";
@@ -1176,6 +1181,72 @@ Deno.test("connection: a browser-sized handshake request is read at once, then r
   assert.deepEqual(readSizes, [1024, 256]);
   assert.match(new TextDecoder().decode(written[0]), /^HTTP\/1\.1 101 /);
   connection.abort();
+});
+
+// ---- onHandshakeEnd
+
+// A server-side StreamConnection on a real loopback socket: answers the handshake request and
+// records what onHandshakeEnd reports; `peer` is the client end, speaking raw bytes.
+async function serverConnectionOnLoopback(): Promise<
+  { connection: StreamConnection; peer: RawPeer; ended: boolean[]; close(): void }
+> {
+  const listener = Deno.listen({ hostname: HOST, port: 0 });
+  const [conn, peer] = await Promise.all([
+    listener.accept(),
+    RawPeer.connect(listener.addr.port),
+  ]);
+  listener.close();
+  const ended: boolean[] = [];
+  const protocol = new ServerProtocol();
+  const connection = new StreamConnection(protocol, conn, {
+    pingInterval: null,
+    onHandshake: (event) => {
+      if (event.type === "request") protocol.sendResponse(protocol.accept(event.request));
+    },
+    onHandshakeEnd: (endedConnection, opened) => {
+      assert.equal(endedConnection, connection);
+      ended.push(opened);
+    },
+  });
+  connection.start();
+  return {
+    connection,
+    peer,
+    ended,
+    close: () => {
+      connection.abort();
+      peer.close();
+    },
+  };
+}
+
+Deno.test("connection: onHandshakeEnd reports an opened handshake once; handshake resolves after", async () => {
+  const { connection, peer, ended, close } = await serverConnectionOnLoopback();
+  try {
+    await peer.write(handshakeRequest(0));
+    const head = await within(peer.readHead(), TIMER_SLACK, "the 101 response");
+    assert.match(head ?? "", /^HTTP\/1\.1 101 /);
+    await waitFor(() => ended.length === 1, "onHandshakeEnd");
+    // `handshake` asked for only now, once the handshake ended.
+    await within(connection.handshake, TIMER_SLACK, "handshake");
+    assert.deepEqual(ended, [true]);
+  } finally {
+    close();
+  }
+});
+
+Deno.test("connection: onHandshakeEnd reports a failed handshake once; handshake rejects after", async () => {
+  const { connection, peer, ended, close } = await serverConnectionOnLoopback();
+  try {
+    await peer.write("GET / HTTP/1.0\r\n\r\n");
+    assert.equal((await within(peer.readResponse(), TIMER_SLACK, "400")).status, 400);
+    await waitFor(() => ended.length === 1, "onHandshakeEnd");
+    const error = await rejection(connection.handshake);
+    assert.ok(error instanceof InvalidMessage, String(error));
+    assert.deepEqual(ended, [false]);
+  } finally {
+    close();
+  }
 });
 
 // ---- recvStreaming()
