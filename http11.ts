@@ -116,12 +116,16 @@ const textEncoder = new TextEncoder();
 // A message as bytes: `head` (start line and header block, characters up to U+00FF only, as
 // the callers check) one byte per character, then `body`; one buffer, written once, a view of
 // the shared slab when small (see allocate()). An ASCII head (nearly every one) is its own
-// UTF-8 encoding: the runtime's encoder writes it faster than a loop does.
+// UTF-8 encoding: the runtime's encoder writes it faster than a loop does. (Any other
+// character takes two bytes in UTF-8: the encoder then writes more bytes than it reads, and
+// the loop writes the head again.)
 function serializeMessage(head: string, body?: Uint8Array): Uint8Array {
   const length = head.length;
   const bytes = allocate(length + (body === undefined ? 0 : body.length), 0);
-  if (!/[\u0080-\uffff]/.test(head)) textEncoder.encodeInto(head, bytes);
-  else for (let i = 0; i < length; i++) bytes[i] = head.charCodeAt(i);
+  const { read, written } = textEncoder.encodeInto(head, bytes);
+  if (read !== length || written !== length) {
+    for (let i = 0; i < length; i++) bytes[i] = head.charCodeAt(i);
+  }
   if (body !== undefined) bytes.set(body, length);
   return bytes;
 }
