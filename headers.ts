@@ -355,10 +355,11 @@ export class Headers implements Iterable<string> {
    * in insertion order, then the empty line `\r\n` that ends the block.
    */
   toString(): string {
-    let text = "";
     const items = this.#items;
-    for (let i = 0; i < items.length; i += 2) text += `${items[i]}: ${items[i + 1]}\r\n`;
-    return text + "\r\n";
+    const parts: string[] = [];
+    for (let i = 0; i < items.length; i += 2) parts.push(items[i], ": ", items[i + 1], "\r\n");
+    parts.push("\r\n");
+    return parts.join("");
   }
 
   /** {@linkcode Headers.prototype.toString} as ISO-8859-1 bytes (one byte per character). */

@@ -761,11 +761,14 @@ export class RequestParser {
   }
 
   #onStartLine(line: string): void {
-    const parts = line.split(" ");
-    if (parts.length !== 3) {
+    const first = line.indexOf(" ");
+    const second = first === -1 ? -1 : line.indexOf(" ", first + 1);
+    if (second === -1 || line.indexOf(" ", second + 1) !== -1) {
       throw new InvalidMessage(`invalid HTTP request line: ${excerpt(line)}`);
     }
-    const [method, target, version] = parts;
+    const method = line.slice(0, first);
+    const target = line.slice(first + 1, second);
+    const version = line.slice(second + 1);
     if (version !== "HTTP/1.1") {
       throw new InvalidMessage(`unsupported HTTP version; expected HTTP/1.1: ${excerpt(line)}`);
     }
