@@ -392,6 +392,8 @@ interface Scenario {
   details: Metric[];
   /** Connections held open by the idle scenario. */
   conns?: number;
+  /** Idle scenarios: sample RSS every second for this many seconds (the settled measurement). */
+  settleSeconds?: number;
   /** More rows of the main table, from the same runs (medians of these result keys). */
   extra?: Metric[];
 }
@@ -406,6 +408,14 @@ const DELIVERIES: Metric = { key: "deliveries_per_s", unit: "deliveries/s", digi
 const DRAIN: Metric = { key: "drain_ms", unit: "drain ms", digits: 1, lowerIsBetter: true };
 const HANDSHAKES: Metric = { key: "handshakes_per_s", unit: "handshakes/s", digits: 0 };
 const MEMORY: Metric = { key: "kib_per_conn", unit: "KiB/conn", digits: 1, lowerIsBetter: true };
+/**
+ * How long the settled idle scenario holds its connections while sampling the server's RSS every
+ * second. V8 gives back the young generation that a connect burst grew after about 25–30 s
+ * without activity (its memory reducer); 60 s leaves room for that on a loaded machine.
+ */
+const SETTLE_SECONDS = 60;
+/** The settled scenario's "settled after": the first sample this close to the minimum. */
+const SETTLED_WITHIN_KIB_PER_CONN = 0.2;
 
 function echo(id: string, title: string, conns: number, inflight: number, size: number): Scenario {
   return {
@@ -454,6 +464,32 @@ function idle(id: string, title: string, conns: number): Scenario {
     metric: MEMORY,
     details: [],
     conns,
+  };
+}
+
+/**
+ * As `idle()`, but the connections stay open for `SETTLE_SECONDS` while the runner samples the
+ * server's RSS every second; the result is the lowest growth seen (see measureIdle()).
+ */
+function idleSettled(id: string, title: string, conns: number): Scenario {
+  const kib = (key: string, unit: string): Metric => ({
+    key,
+    unit,
+    digits: 1,
+    lowerIsBetter: true,
+  });
+  return {
+    ...idle(id, title, conns),
+    details: [
+      kib("first_kib_per_conn", "KiB/conn 0.5 s after all are open"),
+      kib("last_kib_per_conn", `KiB/conn at the end of the ${SETTLE_SECONDS} s`),
+      {
+        key: "settled_after_s",
+        unit: `s until within ${SETTLED_WITHIN_KIB_PER_CONN} KiB/conn of the lowest`,
+        digits: 1,
+      },
+    ],
+    settleSeconds: SETTLE_SECONDS,
   };
 }
 
@@ -531,6 +567,11 @@ function scenarios(options: { crowd: number } = { crowd: CROWD }): Scenario[] {
     broadcast("broadcast-10k", "broadcast 32 B to 10 000", 10000, 32, 4),
     broadcast("broadcast-4k", "broadcast 4 KiB to 1 000", 1000, 4096, 32),
     idle("idle-1k", "memory per idle connection at 1 000", 1000),
+    idleSettled(
+      "idle-10k-settled",
+      `memory per idle connection at 10 000, after ${SETTLE_SECONDS} s idle`,
+      10000,
+    ),
     echo("echo-1m", "echo 1 MiB, 4 conns × 4 in flight", 4, 4, 1024 * 1024),
     ({
       id: "burst-10k",
@@ -855,21 +896,53 @@ interface Measurement {
   result?: Result;
 }
 
+/**
+ * The idle scenarios. The server's RSS is sampled before the connections open and 0.5 s after
+ * they all are; the settled scenario (`settleSeconds`) keeps them open and samples again every
+ * second for that long, and its result is the lowest growth seen: every sample is taken with all
+ * N connections open, so the lowest is memory the server really held them in, once the runtime
+ * had given back what the connect burst took. The first and last samples and when it settled
+ * go to the details, so a server whose memory grows again shows there.
+ */
 async function measureIdle(scenario: Scenario, pid: number, common: string[]): Promise<Result> {
   // Warm the server's WebSocket code paths so one-time costs do not count per connection.
   await loadgen(["idle", "--conns", "10", "--hold", "0", ...common], 30);
   await sleep(200);
   const before = rssKiB(pid);
-  let after = NaN;
-  const run = await loadgen([...scenario.args, "--hold", "0.8", ...common], 60, async () => {
-    await sleep(500);
-    after = rssKiB(pid);
-  });
-  return {
+  const conns = scenario.conns ?? 1;
+  const window = scenario.settleSeconds ?? 0;
+  // The load generator holds past the last sample so that no connection closes before it; its
+  // own timeout and the runner's hard limit on it still bound the run.
+  const hold = window ? window + 5 : 0.8;
+  const samples: number[] = [];
+  const run = await loadgen(
+    [...scenario.args, "--hold", `${hold}`, ...common],
+    hold + 60,
+    async () => {
+      const ready = performance.now();
+      for (let second = 0; second <= window; second++) {
+        await sleep(Math.max(0, ready + 500 + 1000 * second - performance.now()));
+        samples.push(rssKiB(pid));
+      }
+    },
+  );
+  const perConn = samples.map((rss) => (rss - before) / conns);
+  const result: Result = {
     ...run.result,
     rss_before_kib: before,
-    rss_after_kib: after,
-    kib_per_conn: (after - before) / (scenario.conns ?? 1),
+    rss_after_kib: samples[0] ?? NaN,
+    kib_per_conn: perConn[0] ?? NaN,
+  };
+  if (!window) return result;
+  const lowest = Math.min(...perConn);
+  const settled = perConn.findIndex((kib) => kib - lowest <= SETTLED_WITHIN_KIB_PER_CONN);
+  return {
+    ...result,
+    rss_samples_kib: samples.join(","),
+    kib_per_conn: lowest,
+    first_kib_per_conn: perConn[0],
+    last_kib_per_conn: perConn[perConn.length - 1],
+    settled_after_s: settled + 0.5,
   };
 }
 
