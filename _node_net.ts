@@ -172,7 +172,8 @@ class HandleTransport implements Transport {
   #error: Error | undefined;
   // The reader waiting without a promise (takeChunk), woken once something comes, and the
   // chunk that came for it.
-  #wake: (() => void) | undefined;
+  #wake: ((this: unknown) => void) | undefined;
+  #wakeTarget: unknown;
   #handoff: Uint8Array | undefined;
   // The read waiting: a chunk (readChunk) or a count of bytes read into #into (read).
   #readResolve: ((value: Uint8Array | number | null) => void) | undefined;
@@ -241,9 +242,10 @@ class HandleTransport implements Transport {
     }
     const wake = this.#wake;
     if (wake !== undefined) {
-      this.#wake = undefined;
+      const target = this.#wakeTarget;
+      this.#wake = this.#wakeTarget = undefined;
       this.#handoff = chunk;
-      wake();
+      wake.call(target);
       return;
     }
     const resolve = this.#readResolve;
@@ -263,9 +265,10 @@ class HandleTransport implements Transport {
   #settleRead(): void {
     const wake = this.#wake;
     if (wake !== undefined) {
-      this.#wake = undefined;
-      if (this.#closed) queueMicrotask(wake);
-      else wake();
+      const target = this.#wakeTarget;
+      this.#wake = this.#wakeTarget = undefined;
+      if (this.#closed) queueMicrotask(() => wake.call(target));
+      else wake.call(target);
       return;
     }
     const resolve = this.#readResolve, reject = this.#readReject;
@@ -312,10 +315,10 @@ class HandleTransport implements Transport {
 
   /**
    * The next chunk received (the caller owns it), `null` at the end of the
-   * stream, or `undefined` when nothing came yet: then `wake` is called once
-   * something does. Throws the read error.
+   * stream, or `undefined` when nothing came yet: then `wake` is called on
+   * `target` once something does. Throws the read error.
    */
-  takeChunk(wake: () => void): Uint8Array | null | undefined {
+  takeChunk<T>(wake: (this: T) => void, target: T): Uint8Array | null | undefined {
     const chunk = this.#takeUnread();
     if (chunk !== undefined) {
       this.#startReading();
@@ -325,7 +328,8 @@ class HandleTransport implements Transport {
     if (this.#error !== undefined) throw this.#error;
     this.#startReading();
     if (this.#error !== undefined) throw this.#error;
-    this.#wake = wake;
+    this.#wake = wake as (this: unknown) => void;
+    this.#wakeTarget = target;
     return undefined;
   }
 

@@ -130,8 +130,6 @@ export class StreamConnection extends Connection {
   // Bounds how long a failure waits for the application to read what came before it.
   #failTimer: ReturnType<typeof setTimeout> | undefined;
   #started = false;
-  // Runs the read loop again once a transport with takeChunk() has something (see #run()).
-  #wake: (() => void) | undefined;
   readonly #onHandshakeEnd: StreamConnectionOptions["onHandshakeEnd"];
   // RUNNING, OPENED, or the error the handshake failed with.
   #handshakeEnd: unknown = RUNNING;
@@ -672,6 +670,12 @@ export class StreamConnection extends Connection {
     return chunk;
   }
 
+  // Runs a connection's read loop again once its transport's takeChunk() has something: one
+  // function for every connection, called on the connection (see #run()).
+  static #wake(this: StreamConnection): void {
+    void this.#run(true);
+  }
+
   // Reads and processes what comes until the connection ends. Over a transport with
   // takeChunk(), a run also ends whenever nothing came yet, and the transport starts the next
   // one when something does (`woken`): a connection waiting for data then holds no suspended
@@ -708,7 +712,7 @@ export class StreamConnection extends Connection {
           // the transport; otherwise a transport with buffers of its own hands its chunk over.
           const into = protocol.receiveBuffer(DIRECT_READ_FROM);
           if (into === undefined && transport.takeChunk !== undefined) {
-            const taken = transport.takeChunk(this.#wake ??= () => void this.#run(true));
+            const taken = transport.takeChunk(StreamConnection.#wake, this);
             if (taken === undefined) {
               waiting = true;
               return;

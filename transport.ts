@@ -31,11 +31,12 @@ export interface Transport {
    * Optional: the next chunk the transport received, when one is there now
    * (the caller owns it); `null` at the end of the stream; or `undefined`
    * when nothing came yet. After `undefined`, the transport calls `wake`
-   * once, as soon as data, the end of the stream or an error comes, or it
-   * closes. Throws a read error. Used instead of `readChunk()` when present:
-   * a connection waiting this way holds no pending promise.
+   * once, with `target` as `this`, as soon as data, the end of the stream or
+   * an error comes, or it closes. Throws a read error. Used instead of
+   * `readChunk()` when present: a connection waiting this way holds no
+   * pending promise (and, with a shared `wake`, no closure).
    */
-  takeChunk?(wake: () => void): Uint8Array | null | undefined;
+  takeChunk?<T>(wake: (this: T) => void, target: T): Uint8Array | null | undefined;
   /** Writes some of `data`; resolves to the number of bytes written. */
   write(data: Uint8Array): Promise<number>;
   /**
