@@ -23,7 +23,7 @@ import { serve } from "../server.ts";
 
 const USAGE = "usage: echo_server.ts [--port 9001] [--hostname 127.0.0.1] " +
   "[--max-size BYTES (default 16777216)] [--no-compression] [--ping-interval MS (default 0: off)] " +
-  "[--tcp Deno.listen|node:net]";
+  "[--tcp node:net|Deno.listen]";
 
 let values: {
   port: string;
@@ -43,7 +43,7 @@ try {
       "max-size": { type: "string" },
       "no-compression": { type: "boolean" },
       "ping-interval": { type: "string" },
-      tcp: { type: "string", default: "Deno.listen" },
+      tcp: { type: "string", default: "node:net" },
       help: { type: "boolean", short: "h" },
     },
   }));

@@ -1,4 +1,4 @@
-// serve()'s two TCP backends, `tcp: "Deno.listen"` (the default) and `tcp: "node:net"`, run
+// serve()'s two TCP backends, `tcp: "node:net"` (the default) and `tcp: "Deno.listen"`, run
 // the same protocol code; these tests run the same behaviours over both, on real loopback
 // sockets: data both ways in any size, backpressure, a peer that doesn't read, aborts,
 // addresses, IPv6, fallbacks and listen errors.
@@ -431,14 +431,14 @@ Deno.test("tcp node:net: bufferedAmount counts what the socket still holds for a
   }
 });
 
-Deno.test("tcp: the default is Deno.listen", async () => {
+Deno.test("tcp: the default for plain TCP is node:net", async () => {
   const seen = deferred<string>();
   const { server, uri } = serveLocal((ws) => {
     seen.resolve(backendOf(ws));
   }, OPTIONS);
   try {
     const client = await connect(uri, OPTIONS);
-    assert.equal(await within(seen.promise, TIMER_SLACK, "handler"), "Deno.listen");
+    assert.equal(await within(seen.promise, TIMER_SLACK, "handler"), "node:net");
     await client.closed;
   } finally {
     await server.close();
