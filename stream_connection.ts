@@ -7,6 +7,7 @@
  * @module
  */
 
+import { EMPTY } from "./_bytes.ts";
 import { isNormalClosure } from "./_close.ts";
 import { encodeShared, sharedEncodingKey, type SharedFrames } from "./_shared_frames.ts";
 import { concatChunks, DIRECT_FROM, hasLargeChunk, splitForWrite } from "./_writer.ts";
@@ -73,8 +74,6 @@ const DIRECT_READ_FROM = 16 * 1024;
 // failure is the error).
 const RUNNING = Symbol("running");
 const OPENED = Symbol("opened");
-// No read buffer: one empty array for every connection.
-const EMPTY = new Uint8Array(0);
 
 // Microtasks a write waits at most for the application to queue more frames.
 const MAX_FLUSH_WAITS = 64;
