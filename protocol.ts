@@ -62,6 +62,7 @@ import {
   type ExtensionHeader,
   type ExtensionParameter,
   Headers,
+  MultipleValuesError,
   parseConnection,
   parseExtension,
   parseSubprotocol,
@@ -371,7 +372,8 @@ function singleHeader(headers: Headers, name: string, required = true): string |
   let value: string | undefined;
   try {
     value = headers.get(name); // (no list of values made for the usual single one)
-  } catch {
+  } catch (error) {
+    if (!(error instanceof MultipleValuesError)) throw error;
     const values = headers.getAll(name);
     throw new InvalidHeader(name, values.join(", "), `more than one ${name} header found`);
   }
