@@ -192,6 +192,58 @@ export const PRODUCT: string = `Deno/${
   typeof Deno !== "undefined" ? Deno.version.deno : "unknown"
 } @denows/websockets/0.1.0`;
 
+// The resolved limits of a connection: one object for every connection built from the same
+// options object (a server's connections share one), so that each connection holds a pointer
+// rather than seven fields.
+interface ConnectionSettings {
+  readonly maxSize: number;
+  readonly maxQueue: number;
+  readonly writeLimit: number;
+  readonly closeTimeout: number;
+  readonly pingInterval: number | null;
+  readonly pingTimeout: number | null;
+  readonly logger: Logger | undefined;
+}
+
+const settingsCache = new WeakMap<ConnectionOptions, ConnectionSettings>();
+
+// The settings `options` give, with defaults and `maxSize`: the ones made last time from the same
+// options object when they are still what it says (it may have changed since), else new ones.
+function settingsOf(options: ConnectionOptions, maxSize: number): ConnectionSettings {
+  const maxQueue = options.maxQueue ?? DEFAULTS.maxQueue;
+  const writeLimit = options.writeLimit ?? DEFAULTS.writeLimit;
+  const closeTimeout = options.closeTimeout ?? DEFAULTS.closeTimeout;
+  const pingInterval = options.pingInterval === undefined
+    ? DEFAULTS.pingInterval
+    : options.pingInterval;
+  const pingTimeout = options.pingTimeout === undefined
+    ? DEFAULTS.pingTimeout
+    : options.pingTimeout;
+  const logger = options.logger;
+  const cached = settingsCache.get(options);
+  if (
+    cached !== undefined && cached.maxSize === maxSize && cached.maxQueue === maxQueue &&
+    cached.writeLimit === writeLimit && cached.closeTimeout === closeTimeout &&
+    cached.pingInterval === pingInterval && cached.pingTimeout === pingTimeout &&
+    cached.logger === logger
+  ) {
+    return cached;
+  }
+  if (!(maxQueue >= 1)) throw new RangeError(`maxQueue must be at least 1, got ${maxQueue}`);
+  if (!(maxSize >= 0)) throw new RangeError(`maxSize must be a positive number, got ${maxSize}`);
+  const settings: ConnectionSettings = {
+    maxSize,
+    maxQueue,
+    writeLimit,
+    closeTimeout,
+    pingInterval,
+    pingTimeout,
+    logger,
+  };
+  settingsCache.set(options, settings);
+  return settings;
+}
+
 let nextId = 1;
 
 /**
@@ -232,20 +284,37 @@ export abstract class Connection extends MessageQueue implements AsyncDisposable
   readonly params: Readonly<Record<string, string>> = NO_PARAMS;
   #openedAt = 0;
 
+  // The limits, shared by every connection built from the same options (see settingsOf()).
+  readonly #settings: ConnectionSettings;
+
   /** Largest incoming message in bytes. */
-  readonly maxSize: number;
+  get maxSize(): number {
+    return this.#settings.maxSize;
+  }
   /** Received messages buffered before reading pauses. */
-  readonly maxQueue: number;
+  get maxQueue(): number {
+    return this.#settings.maxQueue;
+  }
   /** High-water mark of the outgoing buffer that `send()` waits under. */
-  readonly writeLimit: number;
+  get writeLimit(): number {
+    return this.#settings.writeLimit;
+  }
   /** Time allowed for the closing handshake, in ms (and for reading what came before a violation). */
-  readonly closeTimeout: number;
+  get closeTimeout(): number {
+    return this.#settings.closeTimeout;
+  }
   /** Interval between keepalive pings in ms, or `null`. */
-  readonly pingInterval: number | null;
+  get pingInterval(): number | null {
+    return this.#settings.pingInterval;
+  }
   /** Time allowed for a keepalive pong in ms, or `null`. */
-  readonly pingTimeout: number | null;
+  get pingTimeout(): number | null {
+    return this.#settings.pingTimeout;
+  }
   /** Where frame traces and state changes go, if anywhere. */
-  protected readonly logger: Logger | undefined;
+  protected get logger(): Logger | undefined {
+    return this.#settings.logger;
+  }
 
   // Created on demand: an idle connection holds no ping map.
   #closedError: ConnectionClosed | undefined;
@@ -263,26 +332,13 @@ export abstract class Connection extends MessageQueue implements AsyncDisposable
   #keepaliveSent = 0;
   #keepaliveKey = 0;
 
-  /** Sets the limits; see {@linkcode ConnectionOptions}. */
-  constructor(options: ConnectionOptions = {}) {
+  /**
+   * Sets the limits; see {@linkcode ConnectionOptions}. `maxSize` overrides
+   * `options.maxSize` (a connection whose protocol has its own limit).
+   */
+  constructor(options: ConnectionOptions = {}, maxSize?: number) {
     super();
-    this.maxSize = options.maxSize ?? DEFAULTS.maxSize;
-    this.maxQueue = options.maxQueue ?? DEFAULTS.maxQueue;
-    this.writeLimit = options.writeLimit ?? DEFAULTS.writeLimit;
-    this.closeTimeout = options.closeTimeout ?? DEFAULTS.closeTimeout;
-    this.pingInterval = options.pingInterval === undefined
-      ? DEFAULTS.pingInterval
-      : options.pingInterval;
-    this.pingTimeout = options.pingTimeout === undefined
-      ? DEFAULTS.pingTimeout
-      : options.pingTimeout;
-    this.logger = options.logger;
-    if (!(this.maxQueue >= 1)) {
-      throw new RangeError(`maxQueue must be at least 1, got ${this.maxQueue}`);
-    }
-    if (!(this.maxSize >= 0)) {
-      throw new RangeError(`maxSize must be a positive number, got ${this.maxSize}`);
-    }
+    this.#settings = settingsOf(options, maxSize ?? options.maxSize ?? DEFAULTS.maxSize);
   }
 
   /** Resolves with how the connection ended; never rejects. */

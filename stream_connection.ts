@@ -103,8 +103,8 @@ export class StreamConnection extends Connection {
   #sharedKey: string | null | undefined;
   /** The byte transport. */
   readonly transport: Transport;
-  readonly #onHandshake: StreamConnectionOptions["onHandshake"];
-  readonly #closeAtOnce: boolean;
+  // Hooks and flags, shared by every connection of a server.
+  readonly #options: StreamConnectionOptions;
   #writing = false;
   #flushScheduled = false;
   #flushWaits = 0;
@@ -122,14 +122,12 @@ export class StreamConnection extends Connection {
   #transportClosed = false;
   #readSize = HANDSHAKE_READ;
   #slab: Uint8Array = EMPTY;
-  readonly #readPauseOutput: number;
   // Resumes reading paused by #outputDrained().
   #resumeReading: (() => void) | undefined;
   #closeTimer: ReturnType<typeof setTimeout> | undefined;
   // Bounds how long a failure waits for the application to read what came before it.
   #failTimer: ReturnType<typeof setTimeout> | undefined;
   #started = false;
-  readonly #onHandshakeEnd: StreamConnectionOptions["onHandshakeEnd"];
   // RUNNING, OPENED, or the error the handshake failed with.
   #handshakeEnd: unknown = RUNNING;
   // `handshake`, made when first asked for, and its resolve and reject while it waits.
@@ -139,16 +137,13 @@ export class StreamConnection extends Connection {
 
   /** Wraps `protocol` around `transport`; call `start()` to begin reading. */
   constructor(protocol: Protocol, transport: Transport, options: StreamConnectionOptions = {}) {
-    super({ ...options, maxSize: protocol.maxSize });
+    super(options, protocol.maxSize);
     this.protocol = protocol;
     // Messages received before a protocol violation are delivered and may be answered before
     // the close frame: see #holdFailure().
     protocol.deferFailure = true;
-    this.#readPauseOutput = Math.max(READ_PAUSE_OUTPUT, 16 * this.writeLimit);
     this.transport = transport;
-    this.#onHandshake = options.onHandshake;
-    this.#closeAtOnce = options.closeAtOnce ?? false;
-    this.#onHandshakeEnd = options.onHandshakeEnd;
+    this.#options = options;
   }
 
   /**
@@ -573,7 +568,7 @@ export class StreamConnection extends Connection {
     // transport delivers what was written before the close.
     if (
       protocol.eofReceived ||
-      (this.#closeAtOnce && !protocol.isClient && protocol.closeRcvd !== undefined)
+      (this.#options.closeAtOnce === true && !protocol.isClient && protocol.closeRcvd !== undefined)
     ) {
       this.#abort();
       return;
@@ -693,8 +688,9 @@ export class StreamConnection extends Connection {
         while (!woken && protocol.state === State.OPEN && !this.#transportClosed) {
           if (protocol.failurePending) await this.#failureSent();
           else if (this.queueFull) await this.waitForQueueSpace();
-          else if (this.bufferedAmount > this.#readPauseOutput) await this.#outputDrained();
-          else break;
+          else if (this.bufferedAmount > Math.max(READ_PAUSE_OUTPUT, 16 * this.writeLimit)) {
+            await this.#outputDrained();
+          } else break;
         }
         woken = false;
         if (this.#transportClosed) break;
@@ -756,7 +752,10 @@ export class StreamConnection extends Connection {
         // Nothing follows a client's close frame (RFC 6455 §5.5.1): a server that closes the
         // transport once its own close frame is written reads no more. (A read left pending
         // would only fail when the transport closes, and building that error costs.)
-        if (this.#closeAtOnce && !protocol.isClient && protocol.closeRcvd !== undefined) break;
+        if (
+          this.#options.closeAtOnce === true && !protocol.isClient &&
+          protocol.closeRcvd !== undefined
+        ) break;
       }
     } catch (runError) {
       error = runError instanceof Error ? runError : new Error(String(runError));
@@ -836,7 +835,7 @@ export class StreamConnection extends Connection {
   #handshakeEvent(event: ProtocolEvent): Promise<void> | undefined {
     let hook: void | Promise<void> | undefined;
     try {
-      hook = this.#onHandshake?.(event, this);
+      hook = this.#options.onHandshake?.(event, this);
     } catch (error) {
       this.#handshakeHookFailed(error);
       return undefined;
@@ -891,7 +890,7 @@ export class StreamConnection extends Connection {
     this.#handshakeResolve = this.#handshakeReject = undefined;
     resolve?.();
     this.startKeepalive();
-    this.#onHandshakeEnd?.(this, true);
+    this.#options.onHandshakeEnd?.(this, true);
   }
 
   #settleHandshake(error: unknown): void {
@@ -900,7 +899,7 @@ export class StreamConnection extends Connection {
     const reject = this.#handshakeReject;
     this.#handshakeResolve = this.#handshakeReject = undefined;
     reject?.(error);
-    this.#onHandshakeEnd?.(this, false);
+    this.#options.onHandshakeEnd?.(this, false);
   }
 
   #finish(error: Error | undefined): void {
