@@ -68,8 +68,11 @@ interface PartStream {
 
 // A recv() waiting for a message, or an iteration (`iterating`): resolved with an
 // IteratorResult, and ended without an error on a normal closure.
+// Stands for a waiter's resolve and reject while it doesn't wait.
+function ignore(_value: unknown): void {}
+
 interface RecvWaiter {
-  iterating: boolean;
+  readonly iterating: boolean;
   resolve(value: Message | IteratorResult<Message>): void;
   reject(error: unknown): void;
 }
@@ -306,21 +309,27 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
     return new MessageQueue.#Iterator(this);
   }
 
-  // An iteration: one small object, no closures (an idle connection's handler keeps one).
-  static #Iterator = class implements AsyncIterator<Message> {
+  // An iteration: one small object, no closures (an idle connection's handler keeps one). While
+  // its next() waits, it is that wait's waiter, so that waiting allocates only the promise.
+  static #Iterator = class implements AsyncIterator<Message>, RecvWaiter {
     readonly #queue: MessageQueue;
+    resolve: RecvWaiter["resolve"] = ignore;
+    reject: RecvWaiter["reject"] = ignore;
     constructor(queue: MessageQueue) {
       this.#queue = queue;
     }
+    get iterating(): boolean {
+      return true;
+    }
     next(): Promise<IteratorResult<Message>> {
-      return this.#queue.#next();
+      return this.#queue.#next(this);
     }
     return(): Promise<IteratorResult<Message>> {
       return Promise.resolve({ value: undefined, done: true });
     }
   };
 
-  #next(): Promise<IteratorResult<Message>> {
+  #next(iteration: RecvWaiter): Promise<IteratorResult<Message>> {
     if (this.#streaming) {
       return Promise.reject(this.#streamingError("iterate over messages"));
     }
@@ -331,13 +340,14 @@ export abstract class MessageQueue implements AsyncIterable<Message> {
       if (this.closedOK) return Promise.resolve({ value: undefined, done: true });
       return Promise.reject(this.closedError);
     }
-    // A normal closure ends the iteration without building the close error.
+    // A normal closure ends the iteration without building the close error. A next() called
+    // while the iteration's last one still waits gets a waiter of its own.
+    const waiting = this.#recvWaiter === iteration ||
+      (this.#recvWaiters?.includes(iteration) ?? false);
     return new Promise<IteratorResult<Message>>((resolve, reject) => {
-      const waiter: RecvWaiter = {
-        iterating: true,
-        resolve: resolve as RecvWaiter["resolve"],
-        reject,
-      };
+      const waiter: RecvWaiter = waiting ? { iterating: true, resolve: ignore, reject } : iteration;
+      waiter.resolve = resolve as RecvWaiter["resolve"];
+      waiter.reject = reject;
       this.#addWaiter(waiter);
     });
   }

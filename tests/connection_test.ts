@@ -1754,3 +1754,58 @@ Deno.test("connection: leaving a recvStreaming() loop whose last part waits lets
     await server.close();
   }
 });
+
+Deno.test("connection: two next() calls on one iteration, both waiting, get one message each", async () => {
+  const release = deferred();
+  const { server, uri } = serveLocal(async (ws) => {
+    await release.promise;
+    await ws.send("a");
+    await ws.send("b");
+    await ws.recv().catch(() => {});
+  });
+  const ws = await connect(uri);
+  try {
+    const iteration = ws[Symbol.asyncIterator]();
+    const first = iteration.next();
+    const second = iteration.next();
+    release.resolve();
+    assert.deepEqual(await within(Promise.all([first, second]), TIMER_SLACK, "both messages"), [
+      { value: "a", done: false },
+      { value: "b", done: false },
+    ]);
+  } finally {
+    await ws.close();
+    await server.close();
+  }
+});
+
+Deno.test("connection: connections built from one options object follow its changes", async () => {
+  const listener = Deno.listen({ hostname: HOST, port: 0 });
+  const conns: Deno.Conn[] = [];
+  try {
+    for (let i = 0; i < 3; i++) {
+      const [accepted, dialed] = await Promise.all([
+        listener.accept(),
+        Deno.connect({ hostname: HOST, port: listener.addr.port }),
+      ]);
+      conns.push(accepted, dialed);
+    }
+    const options = { maxQueue: 4, writeLimit: 1000, pingInterval: null };
+    const first = new StreamConnection(new ServerProtocol(), conns[0], options);
+    const same = new StreamConnection(new ServerProtocol(), conns[2], options);
+    options.maxQueue = 8;
+    const changed = new StreamConnection(new ServerProtocol(), conns[4], options);
+    assert.deepEqual(
+      [first, same, changed].map((c) => [c.maxQueue, c.writeLimit, c.pingInterval]),
+      [[4, 1000, null], [4, 1000, null], [8, 1000, null]],
+    );
+    options.maxQueue = 0;
+    assert.throws(
+      () => new StreamConnection(new ServerProtocol(), conns[4], options),
+      new RangeError("maxQueue must be at least 1, got 0"),
+    );
+  } finally {
+    listener.close();
+    for (const conn of conns) conn.close();
+  }
+});
