@@ -424,6 +424,9 @@ function bytesToBase64(bytes: Uint8Array): string {
   return String.fromCharCode.apply(null, codes);
 }
 
+// The extensions of a connection that negotiated none: one frozen list for all of them.
+const NO_EXTENSIONS: readonly Extension[] = Object.freeze([]);
+
 /**
  * The part of the state machine shared by both roles: frames, messages,
  * pings and the closing handshake. Use {@linkcode ClientProtocol} or
@@ -448,7 +451,7 @@ export abstract class Protocol {
   /** Largest incoming message in bytes. */
   readonly maxSize: number;
   /** Extensions negotiated during the handshake, in order. */
-  extensions: Extension[] = [];
+  extensions: readonly Extension[] = NO_EXTENSIONS;
   /** The subprotocol negotiated during the handshake, if any. */
   subprotocol: string | undefined;
   /** The close frame received, once received. */
@@ -1336,7 +1339,10 @@ export interface ClientProtocolOptions extends ProtocolOptions {
  */
 export class ClientProtocol extends Protocol {
   /** Always `true`. */
-  readonly isClient: boolean = true;
+  /** `true`: outgoing frames are masked, incoming ones must not be. */
+  get isClient(): boolean {
+    return true;
+  }
   /** The URI connected to. */
   readonly uri: WebSocketURI;
   /** The handshake request, once built. */
@@ -1487,7 +1493,8 @@ export class ClientProtocol extends Protocol {
     if (accept !== acceptKey(this.#key)) {
       throw new InvalidHeaderValue("Sec-WebSocket-Accept", accept);
     }
-    this.extensions = this.#negotiateExtensions(headers);
+    const extensions = this.#negotiateExtensions(headers);
+    this.extensions = extensions.length === 0 ? NO_EXTENSIONS : extensions;
     this.subprotocol = this.#negotiateSubprotocol(headers);
   }
 
@@ -1628,7 +1635,10 @@ export interface ServerProtocolOptions extends ProtocolOptions {
  */
 export class ServerProtocol extends Protocol {
   /** Always `false`. */
-  readonly isClient: boolean = false;
+  /** `false`: outgoing frames are not masked, incoming ones must be. */
+  get isClient(): boolean {
+    return false;
+  }
   /** The handshake request, once received. */
   request: Request | undefined;
   /** The handshake response, once sent. */
@@ -1736,7 +1746,7 @@ export class ServerProtocol extends Protocol {
       response.exception = exception;
       return response;
     }
-    this.extensions = extensions;
+    this.extensions = extensions.length === 0 ? NO_EXTENSIONS : extensions;
     this.subprotocol = subprotocol;
     const headers = new Headers();
     headers.append("Date", httpDate());
