@@ -686,6 +686,9 @@ function parseContentLength(headers: Headers): number | undefined {
   return Number(value);
 }
 
+// The request target parsed last, whose string the next request for the same target reuses.
+let lastPath = "";
+
 /**
  * Incremental parser for a handshake request, as a server receives it.
  *
@@ -778,7 +781,9 @@ export class RequestParser {
     if (!isValidTarget(target)) {
       throw new InvalidMessage(`invalid HTTP request target: ${excerpt(line)}`);
     }
-    this.#path = target;
+    // Clients of one server mostly ask for the same path: they share its string.
+    if (target === lastPath) this.#path = lastPath;
+    else this.#path = lastPath = target;
   }
 
   #onHead(reader: MessageReader): void {
