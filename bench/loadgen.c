@@ -16,10 +16,19 @@
  *                                                                it can (handshakes/s), holds
  *                                                                them, then times K broadcasts
  *                                                                of one message to all of them
+ *              [--go-stdin] [--source-offset K]                  gated: waits for a line on stdin
+ *                                                                before connecting, before the
+ *                                                                sync phase and before each
+ *                                                                broadcast (so that several load
+ *                                                                generators, each with its own
+ *                                                                server, act together)
  *
  * Prints one JSON line with the results on stdout. Diagnostics go to stderr; the idle scenario
  * writes "loadgen: idle: ready" there once every connection is open and has exchanged one message,
- * the crowd scenario "loadgen: crowd: ready" once every connection is open.
+ * the crowd scenario "loadgen: crowd: ready" once every connection is open. With --go-stdin the
+ * crowd scenario writes "loadgen: crowd: waiting for go (WHAT)" each time it waits for a line on
+ * stdin, and its JSON adds the CLOCK_MONOTONIC times (ns, the same clock in every process of the
+ * machine) of its first connect(), of its last 101, and of each broadcast's send and last receipt.
  * Any handshake failure, protocol error or unexpected close ends the run with exit code 1 and a
  * message; the hard timeout (--timeout) ends it with exit code 2.
  *
@@ -73,6 +82,8 @@ static struct {
   int deflate;
   int text;
   int sources;
+  int source_offset;
+  int go_stdin;
   int fanout;
 } cfg = {
     .host = "127.0.0.1",
@@ -91,6 +102,8 @@ static struct {
     .deflate = 0,
     .text = 0,
     .sources = 0,
+    .source_offset = 0,
+    .go_stdin = 0,
     .fanout = 0,
 };
 
@@ -444,13 +457,16 @@ static void conn_start(conn_t *c) {
   if (fd < 0) die("socket: %s (raise the open-files limit?)", strerror(errno));
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  if (cfg.sources > 1) {
+  if (cfg.sources > 1 || cfg.source_offset > 0) {
     /* One loopback address has about 28 000 ephemeral ports towards one server port: spread
-     * the connections over 127.0.0.2, 127.0.0.3, ... The port is chosen at connect() time
-     * (IP_BIND_ADDRESS_NO_PORT), from the ports free for this address and the server's. */
+     * the connections over 127.0.0.2, 127.0.0.3, ... (from 127.0.0.2 + --source-offset, so
+     * that load generators running side by side use addresses of their own). The port is
+     * chosen at connect() time (IP_BIND_ADDRESS_NO_PORT), from the ports free for this address
+     * and the server's. */
     setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
     struct sockaddr_in source = {.sin_family = AF_INET, .sin_port = 0};
-    source.sin_addr.s_addr = htonl(0x7F000002u + (uint32_t)(c->index % cfg.sources));
+    source.sin_addr.s_addr =
+        htonl(0x7F000002u + (uint32_t)cfg.source_offset + (uint32_t)(c->index % cfg.sources));
     if (bind(fd, (struct sockaddr *)&source, sizeof source) < 0)
       die("connection %d: bind to a source address: %s", c->index, strerror(errno));
   }
@@ -743,8 +759,8 @@ static void on_writable(conn_t *c) {
 
 enum phase { PH_CONNECT, PH_SYNC, PH_RUN, PH_DRAIN, PH_HOLD };
 static const char *const phase_names[] = {"connect", "sync", "run", "drain", "hold"};
-/* crowd: per-round fan-out times, and the round under way */
-static uint64_t *round_ns;
+/* crowd: per-round fan-out times, each round's send and last receipt, and the round under way */
+static uint64_t *round_ns, *round_sent_ns, *round_last_ns;
 static int rounds_done, round_received;
 static uint64_t round_start;
 static enum phase phase = PH_CONNECT;
@@ -765,6 +781,13 @@ static uint64_t last_sync_rx_ns, last_sync_ns, t_stop, drain_ns;
 /* idle */
 static int echoed;
 static uint64_t hold_until;
+
+/* crowd --go-stdin: what the next line on stdin starts, lines read and not yet used, stdin's end */
+enum wait_for { W_NONE, W_CONNECT, W_SYNC, W_ROUND };
+static const char *const wait_names[] = {"", "connect", "sync", "broadcast"};
+static enum wait_for waiting = W_NONE;
+static int go_lines, stdin_ended;
+static void wait_go(enum wait_for what);
 
 static void finish(void);
 
@@ -809,7 +832,12 @@ static void on_all_open(void) {
             conn_count, seconds > 0 ? conn_count / seconds : 0);
     fflush(stderr);
     phase = PH_HOLD;
-    hold_until = now + (uint64_t)(cfg.hold * 1e9);
+    if (cfg.go_stdin) {
+      hold_until = UINT64_MAX; /* the go line ends the hold, not the clock */
+      wait_go(W_SYNC);
+    } else {
+      hold_until = now + (uint64_t)(cfg.hold * 1e9);
+    }
   }
 }
 
@@ -861,9 +889,66 @@ static void crowd_round_start(void) {
 }
 
 static void crowd_round_done(void) {
+  round_sent_ns[rounds_done] = round_start;
+  round_last_ns[rounds_done] = cur_ns;
   round_ns[rounds_done++] = cur_ns - round_start;
   if (rounds_done == cfg.fanout) finish();
-  crowd_round_start();
+  if (cfg.go_stdin)
+    wait_go(W_ROUND);
+  else
+    crowd_round_start();
+}
+
+/* crowd --go-stdin: starts what the scenario waits for once a go line has come. */
+static void go_check(void) {
+  if (waiting == W_NONE || go_lines == 0) return;
+  go_lines--;
+  enum wait_for what = waiting;
+  waiting = W_NONE;
+  switch (what) {
+  case W_CONNECT:
+    t_run_start = now_ns();
+    open_more();
+    break;
+  case W_SYNC:
+    if (cfg.fanout == 0) finish();
+    phase = PH_SYNC;
+    break;
+  case W_ROUND:
+    crowd_round_start();
+    break;
+  case W_NONE:
+    break;
+  }
+}
+
+static void wait_go(enum wait_for what) {
+  if (stdin_ended && go_lines == 0)
+    die("stdin ended while waiting for the go line (%s)", wait_names[what]);
+  waiting = what;
+  fprintf(stderr, "loadgen: crowd: waiting for go (%s)\n", wait_names[what]);
+  fflush(stderr);
+  go_check();
+}
+
+/* Counts the go lines that arrived on stdin. */
+static void on_stdin(void) {
+  char buf[256];
+  ssize_t n = read(0, buf, sizeof buf);
+  if (n < 0) {
+    if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) return;
+    die("reading stdin: %s", strerror(errno));
+  }
+  if (n == 0) {
+    stdin_ended = 1;
+    epoll_ctl(epfd, EPOLL_CTL_DEL, 0, NULL);
+    if (waiting != W_NONE && go_lines == 0)
+      die("stdin ended while waiting for the go line (%s)", wait_names[waiting]);
+    return;
+  }
+  for (ssize_t i = 0; i < n; i++)
+    if (buf[i] == '\n') go_lines++;
+  go_check();
 }
 
 static void on_message(conn_t *c, uint64_t len, int compressed) {
@@ -903,7 +988,7 @@ static void on_message(conn_t *c, uint64_t len, int compressed) {
     die("connection %d: unexpected data message during the handshake scenario", c->index);
   case SC_CROWD:
     /* Every client gets each round's message exactly once, the sender included. */
-    if (phase != PH_RUN || c->received != (uint64_t)rounds_done)
+    if (phase != PH_RUN || waiting != W_NONE || c->received != (uint64_t)rounds_done)
       die("connection %d: received a message outside fan-out round %d", c->index,
           rounds_done + 1);
     c->received++;
@@ -948,7 +1033,10 @@ static void broadcast_tick(uint64_t now) {
     if (synced == conn_count) {
       phase = PH_RUN;
       if (cfg.scenario == SC_CROWD) {
-        crowd_round_start();
+        if (cfg.go_stdin)
+          wait_go(W_ROUND);
+        else
+          crowd_round_start();
         return;
       }
       begin_window(now);
@@ -1103,6 +1191,20 @@ static void finish(void) {
         }
       printf("],\"fanout_median_ms\":%.3f", rounds_done ? sorted[rounds_done / 2] : 0);
     }
+    if (cfg.scenario == SC_CROWD && cfg.go_stdin) {
+      /* CLOCK_MONOTONIC, the same clock in every process: a runner that drives several load
+       * generators at once combines these across them. */
+      printf(",\"source_offset\":%d,\"connect_start_ns\":%llu,\"connected_ns\":%llu",
+             cfg.source_offset, (unsigned long long)t_run_start,
+             (unsigned long long)t_connected);
+      printf(",\"round_sent_ns\":[");
+      for (int i = 0; i < rounds_done; i++)
+        printf("%s%llu", i ? "," : "", (unsigned long long)round_sent_ns[i]);
+      printf("],\"round_last_ns\":[");
+      for (int i = 0; i < rounds_done; i++)
+        printf("%s%llu", i ? "," : "", (unsigned long long)round_last_ns[i]);
+      printf("]");
+    }
     break;
   }
   }
@@ -1121,7 +1223,8 @@ static void usage(void) {
   fputs("usage: loadgen echo|broadcast|handshake|idle|crowd --port N [--host 127.0.0.1]\n"
         "         [--path P] [--conns N] [--inflight K] [--size BYTES] [--seconds S]\n"
         "         [--warmup S] [--window W] [--concurrency C] [--connect-concurrency C]\n"
-        "         [--hold S] [--fanout K] [--sources N] [--timeout S] [--text] [--deflate]\n",
+        "         [--hold S] [--fanout K] [--sources N] [--source-offset K] [--go-stdin]\n"
+        "         [--timeout S] [--text] [--deflate]\n",
         stderr);
   exit(64);
 }
@@ -1161,6 +1264,7 @@ int main(int argc, char **argv) {
       {"hold", required_argument, 0, 'h'},    {"timeout", required_argument, 0, 'T'},
       {"text", no_argument, 0, 't'},          {"deflate", no_argument, 0, 'd'},
       {"sources", required_argument, 0, 'o'}, {"fanout", required_argument, 0, 'f'},
+      {"source-offset", required_argument, 0, 'O'}, {"go-stdin", no_argument, 0, 'g'},
       {0, 0, 0, 0}};
   int opt;
   optind = 2;
@@ -1184,11 +1288,14 @@ int main(int argc, char **argv) {
     case 'd': cfg.deflate = 1; break;
     case 'o': cfg.sources = (int)parse_num("sources", optarg, 1, 250); break;
     case 'f': cfg.fanout = (int)parse_num("fanout", optarg, 0, 1000); break;
+    case 'O': cfg.source_offset = (int)parse_num("source-offset", optarg, 0, 60000); break;
+    case 'g': cfg.go_stdin = 1; break;
     default: usage();
     }
   }
   if (optind != argc) usage();
   if (!cfg.port) die("--port is required");
+  if (cfg.go_stdin && cfg.scenario != SC_CROWD) die("--go-stdin is for the crowd scenario only");
   if (!cfg.path)
     cfg.path = cfg.scenario == SC_BROADCAST || cfg.scenario == SC_CROWD ? "/broadcast" : "/echo";
   if (cfg.path[0] != '/' || strpbrk(cfg.path, " \r\n")) die("--path must start with / and have no spaces");
@@ -1266,7 +1373,12 @@ int main(int argc, char **argv) {
     conns[i].index = i;
     if (cfg.scenario == SC_ECHO) conns[i].fifo = xcalloc((size_t)cfg.inflight, sizeof(uint64_t));
   }
-  if (cfg.scenario == SC_CROWD) round_ns = xcalloc((size_t)(cfg.fanout ? cfg.fanout : 1), sizeof *round_ns);
+  if (cfg.scenario == SC_CROWD) {
+    size_t rounds = (size_t)(cfg.fanout ? cfg.fanout : 1);
+    round_ns = xcalloc(rounds, sizeof *round_ns);
+    round_sent_ns = xcalloc(rounds, sizeof *round_sent_ns);
+    round_last_ns = xcalloc(rounds, sizeof *round_last_ns);
+  }
   if (cfg.scenario == SC_BROADCAST) {
     sent_at = xcalloc((size_t)cfg.window, sizeof *sent_at);
     receipts = xcalloc((size_t)cfg.window, sizeof *receipts);
@@ -1282,6 +1394,11 @@ int main(int argc, char **argv) {
     t_connected = t_run_start;
     begin_window(t_run_start);
     for (int i = 0; i < conn_count; i++) conn_start(&conns[i]);
+  } else if (cfg.go_stdin) {
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+    if (epoll_ctl(epfd, EPOLL_CTL_ADD, 0, &ev) < 0)
+      die("--go-stdin needs stdin to be a pipe: %s", strerror(errno));
+    wait_go(W_CONNECT);
   } else {
     open_more();
   }
@@ -1296,6 +1413,10 @@ int main(int argc, char **argv) {
     for (int i = 0; i < n; i++) {
       conn_t *c = events[i].data.ptr;
       uint32_t ev = events[i].events;
+      if (!c) {
+        on_stdin();
+        continue;
+      }
       if (c->state == CS_FREE) continue;
       if (c->state == CS_CONNECTING) {
         if (ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) on_writable(c);
