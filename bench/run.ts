@@ -68,6 +68,11 @@ interface Options {
   crowd: number;
   /** A checkout of another version whose `ours` servers run beside this one's. */
   baseline?: string;
+  /**
+   * Connections of each server process of the crowd scenario (not an option: worked out from
+   * the open-files limit, see crowdShards()); one entry when one process holds them all.
+   */
+  crowdShards?: number[];
 }
 
 function usage(message?: string): never {
@@ -396,6 +401,8 @@ interface Scenario {
   settleSeconds?: number;
   /** More rows of the main table, from the same runs (medians of these result keys). */
   extra?: Metric[];
+  /** Crowd: connections of each server process, when more than one holds them. */
+  shards?: number[];
 }
 
 const LATENCY: Metric[] = [
@@ -511,18 +518,28 @@ function sourcesFor(conns: number): number {
 const FANOUT_ROUNDS = 5;
 
 /**
+ * The load generator's arguments for `conns` crowd clients, `connecting` of them between
+ * `connect()` and the `101` at any time.
+ */
+function crowdArgs(conns: number, connecting = CONNECTING): string[] {
+  return [
+    ...["crowd", "--conns", `${conns}`, "--fanout", `${FANOUT_ROUNDS}`],
+    ...["--connect-concurrency", `${connecting}`, "--sources", `${sourcesFor(conns)}`],
+  ];
+}
+
+/**
  * `conns` idle clients on `/broadcast`, connected as fast as the server takes them: memory per
  * connection, handshakes per second, then the time one 32 B broadcast takes to reach them all.
+ * `shards`: the connections of each server process, when one process may not hold them all.
  */
-function crowd(conns: number): Scenario {
+function crowd(conns: number, shards: number[] = [conns]): Scenario {
+  const processes = shards.length > 1 ? ` over ${shards.length} server processes` : "";
   return {
     id: "crowd",
-    title: `${conns.toLocaleString("en-US")} idle clients: memory per connection`,
+    title: `${conns.toLocaleString("en-US")} idle clients${processes}: memory per connection`,
     kind: "crowd",
-    args: [
-      ...["crowd", "--conns", `${conns}`, "--fanout", `${FANOUT_ROUNDS}`],
-      ...["--connect-concurrency", `${CONNECTING}`, "--sources", `${sourcesFor(conns)}`],
-    ],
+    args: crowdArgs(conns),
     deflate: false,
     set: "full",
     metric: MEMORY,
@@ -531,6 +548,10 @@ function crowd(conns: number): Scenario {
       unit: "kernel slab memory per connection, both sockets, KiB",
       digits: 1,
       lowerIsBetter: true,
+    }, {
+      key: "processes",
+      unit: "server processes holding the connections (one load generator each)",
+      digits: 0,
     }],
     extra: [
       { ...HANDSHAKES, unit: "handshakes/s while connecting" },
@@ -542,10 +563,13 @@ function crowd(conns: number): Scenario {
       },
     ],
     conns,
+    shards: shards.length > 1 ? shards : undefined,
   };
 }
 
-function scenarios(options: { crowd: number } = { crowd: CROWD }): Scenario[] {
+function scenarios(
+  options: { crowd: number; crowdShards?: number[] } = { crowd: CROWD },
+): Scenario[] {
   const quick: Scenario[] = [
     echo("echo-32x1", "echo 32 B, 100 conns × 1 in flight", 100, 1, 32),
     echo("echo-32x16", "echo 32 B, 100 conns × 16 in flight", 100, 16, 32),
@@ -586,7 +610,7 @@ function scenarios(options: { crowd: number } = { crowd: CROWD }): Scenario[] {
       metric: HANDSHAKES,
       details: CONNECT_LATENCY,
     }) satisfies Scenario,
-    crowd(options.crowd),
+    crowd(options.crowd, options.crowdShards),
   ].map((s) => ({ ...s, set: "full" }));
   const compressed: Scenario[] = [quick[1], quick[2], quick[3], full[2]].map((s) => ({
     ...s,
@@ -679,36 +703,59 @@ async function childFileLimit(): Promise<number> {
   return text === "unlimited" ? Infinity : Number(text ?? NaN);
 }
 
+/** Files a server or load generator keeps open besides its connections, at most. */
+const FILES_BESIDES_CONNECTIONS = 64;
+/** The crowd scenario splits its connections over at most this many server processes. */
+const MAX_CROWD_PROCESSES = 64;
+
 /**
- * Why `conns` connections can't be held here, with what the machine needs; `undefined` when
- * they can. The server and the load generator each need one file per connection.
+ * How the crowd scenario spreads `conns` connections over server processes, each driven by a
+ * load generator of its own, when a process may open at most `fileLimit` files: one process
+ * when it can hold them all, else as few as can, as evenly as can be. The connections of each.
  */
-export async function crowdUnavailable(conns: number): Promise<string | undefined> {
-  const needed = conns + 64;
-  const limit = await childFileLimit();
-  if (limit >= needed) return undefined;
+export function crowdShards(conns: number, fileLimit: number): number[] {
+  const capacity = Math.max(1, fileLimit - FILES_BESIDES_CONNECTIONS);
+  const count = Math.ceil(conns / capacity);
+  const each = Math.floor(conns / count);
+  return Array.from({ length: count }, (_, i) => each + (i < conns % count ? 1 : 0));
+}
+
+/** What one process needs to hold `conns` connections, and how to give it that. */
+function crowdNeeds(conns: number): string {
+  const needed = conns + FILES_BESIDES_CONNECTIONS;
   let nrOpen = "";
   try {
     nrOpen = Deno.readTextFileSync("/proc/sys/fs/nr_open").trim();
   } catch {
     // not Linux
   }
-  return `${conns} connections need an open-files limit of at least ${needed} for the server ` +
-    `and for the load generator; processes started here get ${limit} and can't raise it ` +
-    `(raising the hard limit needs root with CAP_SYS_RESOURCE). Run where \`ulimit -Hn\` is ` +
-    `at least ${needed} (as root: \`ulimit -n ${FILE_LIMIT}\`; systemd: LimitNOFILE=; Docker: ` +
-    `--ulimit nofile=${FILE_LIMIT}:${FILE_LIMIT}; fs.nr_open is ${nrOpen || "?"}), or measure ` +
-    `fewer with --crowd ${Math.max(10, Math.floor((limit - 64) / 1000) * 1000)}`;
+  return `${conns} connections in one process need an open-files limit of at least ${needed} ` +
+    `for the server and for the load generator (\`ulimit -Hn\`; raising the hard limit needs ` +
+    `root with CAP_SYS_RESOURCE: as root \`ulimit -n ${FILE_LIMIT}\`; systemd: LimitNOFILE=; ` +
+    `Docker: --ulimit nofile=${FILE_LIMIT}:${FILE_LIMIT}; fs.nr_open is ${nrOpen || "?"})`;
 }
 
-function spawn(cpu: string, cmd: string[]): Deno.ChildProcess {
+/**
+ * Why `shards` (from crowdShards()) can't run here, with what the machine needs; `undefined`
+ * when they can.
+ */
+export function crowdUnavailable(shards: number[], fileLimit: number): string | undefined {
+  if (shards.length <= MAX_CROWD_PROCESSES) return undefined;
+  const conns = shards.reduce((sum, n) => sum + n, 0);
+  return `processes started here may open ${fileLimit} files, so ${conns} connections would ` +
+    `take ${shards.length} server processes, more than the ${MAX_CROWD_PROCESSES} this runner ` +
+    `starts. ${crowdNeeds(conns)}; or measure fewer with --crowd ` +
+    `${MAX_CROWD_PROCESSES * (fileLimit - FILES_BESIDES_CONNECTIONS)}`;
+}
+
+function spawn(cpu: string, cmd: string[], stdin: "null" | "piped" = "null"): Deno.ChildProcess {
   // `exec` keeps the PID: the process we kill is the server or load generator itself.
   // As many open files as allowed: up to FILE_LIMIT where the hard limit may be raised.
   const script = `ulimit -n ${FILE_LIMIT} 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null; ` +
     'exec taskset -c "$0" "$@"';
   const child = new Deno.Command("sh", {
     args: ["-c", script, cpu, ...cmd],
-    stdin: "null",
+    stdin,
     stdout: "piped",
     stderr: "piped",
   }).spawn();
@@ -970,6 +1017,7 @@ async function measureCrowd(scenario: Scenario, pid: number, common: string[]): 
   );
   return {
     ...run.result,
+    processes: 1,
     rss_before_kib: before,
     rss_after_kib: after,
     kib_per_conn: (after - before) / conns,
@@ -977,6 +1025,207 @@ async function measureCrowd(scenario: Scenario, pid: number, common: string[]): 
     // processes' changes count too).
     kernel_kib_per_conn: (slabAfter - slabBefore) / conns,
   };
+}
+
+/** What a load generator run with `--go-stdin` reports of its timing (CLOCK_MONOTONIC ns). */
+export interface ShardTimes {
+  /** Its first `connect()`. */
+  connect_start_ns: number;
+  /** Its last `101`. */
+  connected_ns: number;
+  /** Each broadcast: when its sender sent it. */
+  round_sent_ns: number[];
+  /** Each broadcast: when its last client had it. */
+  round_last_ns: number[];
+}
+
+/**
+ * Combines the timings of load generators that ran together, each against its own server
+ * process: `conns` over the time from the first one's first `connect()` to the last one's last
+ * `101`, and for each broadcast the time from the first send to the last receipt of all.
+ */
+export function combineShards(
+  conns: number,
+  shards: ShardTimes[],
+): { handshakesPerSecond: number; fanoutMs: number[] } {
+  const connecting = Math.max(...shards.map((s) => s.connected_ns)) -
+    Math.min(...shards.map((s) => s.connect_start_ns));
+  const rounds = Math.min(...shards.map((s) => s.round_sent_ns.length));
+  const fanoutMs = Array.from(
+    { length: rounds },
+    (_, round) =>
+      (Math.max(...shards.map((s) => s.round_last_ns[round])) -
+        Math.min(...shards.map((s) => s.round_sent_ns[round]))) / 1e6,
+  );
+  return { handshakesPerSecond: conns / (connecting / 1e9), fanoutMs };
+}
+
+/**
+ * A load generator started with `--go-stdin`: it says "waiting for go" and waits for a line on
+ * stdin before connecting, before syncing and before each broadcast.
+ */
+class GatedLoadgen {
+  readonly child: Deno.ChildProcess;
+  readonly #stderr: LineReader;
+  readonly #stdout: LineReader;
+  readonly #stdin: WritableStreamDefaultWriter<Uint8Array>;
+  #waits = 0;
+  #exited?: Error;
+  #waiters: { count: number; resolve: () => void; reject: (error: Error) => void }[] = [];
+
+  constructor(args: string[], timeoutSeconds: number) {
+    this.child = spawn(
+      LOADGEN_CPU,
+      [LOADGEN, ...args, "--go-stdin", "--timeout", `${Math.ceil(timeoutSeconds)}`],
+      "piped",
+    );
+    this.#stdin = this.child.stdin.getWriter();
+    this.#stderr = new LineReader(this.child.stderr, (line) => {
+      if (line.startsWith("loadgen: crowd: waiting for go")) {
+        this.#waits++;
+        this.#settle();
+      }
+    });
+    this.#stdout = new LineReader(this.child.stdout, () => {});
+    this.child.status.then(async (status) => {
+      await this.#stderr.done;
+      this.#exited = new Error(
+        `a load generator exited with ${status.code}: ${tail(this.#stderr.text)}`,
+      );
+      this.#settle();
+    });
+  }
+
+  #settle(): void {
+    this.#waiters = this.#waiters.filter((waiter) => {
+      if (this.#waits >= waiter.count) waiter.resolve();
+      else if (this.#exited) waiter.reject(this.#exited);
+      else return true;
+      return false;
+    });
+  }
+
+  /** Resolves once it has waited `count` times; rejects if it exits first. */
+  waited(count: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.#waiters.push({ count, resolve, reject });
+      this.#settle();
+    });
+  }
+
+  go(): Promise<void> {
+    return this.#stdin.write(new TextEncoder().encode("go\n"));
+  }
+
+  /** Its JSON line, once it has exited. */
+  async result(): Promise<Result> {
+    const status = await this.child.status;
+    await Promise.all([this.#stdout.done, this.#stderr.done]);
+    this.#stdin.close().catch(() => {});
+    if (!status.success) {
+      throw new Error(`a load generator exited with ${status.code}: ${tail(this.#stderr.text)}`);
+    }
+    const line = this.#stdout.text.trim().split("\n").pop() ?? "";
+    try {
+      return JSON.parse(line) as Result;
+    } catch {
+      throw new Error(`a load generator printed no JSON: ${tail(this.#stdout.text)}`);
+    }
+  }
+}
+
+/**
+ * The crowd scenario split over several server processes of the same server, each on its own
+ * port with a load generator of its own (its own loopback source addresses), for machines where
+ * one process may not open a file per connection. The load generators are gated (`--go-stdin`):
+ * all start connecting at once; once all are connected the runner reads every server's RSS
+ * (1 s later, as measureCrowd() does), then all sync, then each broadcast starts in all at once
+ * and is timed from the first send to the last receipt of all (combineShards()).
+ */
+async function measureCrowdSharded(
+  scenario: Scenario,
+  server: Server,
+  shards: number[],
+): Promise<Result> {
+  const conns = shards.reduce((sum, n) => sum + n, 0);
+  const timeout = 120 + conns / 500;
+  const servers: { port: number; child: Deno.ChildProcess; stderr: LineReader }[] = [];
+  const generators: GatedLoadgen[] = [];
+  try {
+    for (const _ of shards) {
+      const port = freePort();
+      servers.push({ port, ...(await startServer(server, port, scenario.deflate)) });
+    }
+    // Warm each server's WebSocket code paths so one-time costs do not count per connection.
+    for (const { port } of servers) {
+      await loadgen(["idle", "--conns", "10", "--hold", "0", "--port", `${port}`], 30);
+    }
+    await sleep(200);
+    const before = servers.map(({ child }) => rssKiB(child.pid));
+    const slabBefore = slabKiB();
+    let after: number[] = [];
+    let slabAfter = NaN;
+    let offset = 0;
+    for (const [i, size] of shards.entries()) {
+      // CONNECTING in all, as with one process: the servers share one core.
+      const connecting = Math.ceil(CONNECTING / shards.length);
+      const args = [...crowdArgs(size, connecting), "--source-offset", `${offset}`];
+      generators.push(new GatedLoadgen([...args, "--port", `${servers[i].port}`], timeout));
+      offset += sourcesFor(size);
+    }
+    const results = await within(
+      (async () => {
+        // Gates: connect, sync (after all are connected), then one per broadcast.
+        for (let gate = 1; gate <= FANOUT_ROUNDS + 2; gate++) {
+          await Promise.all(generators.map((generator) => generator.waited(gate)));
+          if (gate === 2) {
+            await sleep(1000);
+            after = servers.map(({ child }) => rssKiB(child.pid));
+            slabAfter = slabKiB();
+          }
+          await Promise.all(generators.map((generator) => generator.go()));
+        }
+        return await Promise.all(generators.map((generator) => generator.result()));
+      })(),
+      (timeout + 10) * 1000,
+      "the load generators hung",
+    );
+    const { handshakesPerSecond, fanoutMs } = combineShards(
+      conns,
+      results as unknown as ShardTimes[],
+    );
+    const growth = servers.map((_, i) => after[i] - before[i]);
+    const sum = (values: number[]) => values.reduce((total, n) => total + n, 0);
+    const numbers = (key: string) => results.map((result) => Number(result[key]));
+    return {
+      scenario: "crowd",
+      path: String(results[0].path),
+      conns,
+      processes: shards.length,
+      conns_per_process: shards.join(","),
+      sources: offset,
+      handshakes_per_s: handshakesPerSecond,
+      // connect to 101: the median of the load generators' medians, the highest p99
+      p50_us: median(numbers("p50_us")) ?? NaN,
+      p99_us: Math.max(...numbers("p99_us")),
+      fanout_ms: fanoutMs.map((ms) => ms.toFixed(3)).join(","),
+      fanout_median_ms: median(fanoutMs) ?? NaN,
+      loadgen_cpu_s: sum(numbers("cpu_s")),
+      rss_before_kib: sum(before),
+      rss_after_kib: sum(after),
+      rss_growth_kib: growth.join(","),
+      kib_per_conn: sum(growth) / conns,
+      kernel_kib_per_conn: (slabAfter - slabBefore) / conns,
+    };
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    const gone = servers.filter(({ child }) => !children.has(child.pid));
+    const exits = gone.map(({ stderr }) => ` (a server exited: ${tail(stderr.text, 300)})`);
+    throw new Error(`${message}${exits.join("")}`);
+  } finally {
+    await Promise.all(generators.map(({ child }) => stop(child)));
+    await Promise.all(servers.map(({ child }) => stop(child)));
+  }
 }
 
 async function measureLoad(
@@ -1008,6 +1257,7 @@ async function measureLoad(
 }
 
 async function measure(scenario: Scenario, server: Server, options: Options): Promise<Result> {
+  if (scenario.shards) return await measureCrowdSharded(scenario, server, scenario.shards);
   const port = freePort();
   const { child, stderr } = await startServer(server, port, scenario.deflate);
   const common = ["--port", `${port}`, ...deflateFlag(scenario.deflate)];
@@ -1261,6 +1511,8 @@ async function main(): Promise<void> {
   }
   const options = parseOptions(Deno.args);
   if (options.baseline !== undefined) SERVERS.push(...baselineServers(options.baseline));
+  const fileLimit = await childFileLimit();
+  options.crowdShards = crowdShards(options.crowd, fileLimit);
   const selected = select(options);
   const names = options.servers ??
     SERVERS.filter((s) => options.full || !s.fullOnly).map((s) => s.name);
@@ -1280,7 +1532,17 @@ async function main(): Promise<void> {
   const servers: Server[] = [];
   const skipped: Record<string, string> = {};
   if (selected.some((s) => s.kind === "crowd")) {
-    const reason = await crowdUnavailable(options.crowd);
+    const reason = crowdUnavailable(options.crowdShards, fileLimit);
+    if (!reason && options.crowdShards.length > 1) {
+      const each = [...new Set(options.crowdShards)].map((n) => n.toLocaleString("en-US"));
+      console.log(
+        `crowd: processes started here may open ${fileLimit} files; ` +
+          `${crowdNeeds(options.crowd)}. So ${options.crowdShards.length} server processes ` +
+          `hold ${each.join(" or ")} connections each, on ports of their own, each driven by a ` +
+          `load generator of its own (${Math.ceil(CONNECTING / options.crowdShards.length)} ` +
+          `connecting at a time each)`,
+      );
+    }
     if (reason) {
       skipped.crowd = reason;
       console.log(`skipping the crowd scenario: ${reason}`);
@@ -1367,6 +1629,9 @@ async function main(): Promise<void> {
           let note = scenario.deflate && result.deflate_negotiated === false
             ? " (deflate not negotiated)"
             : "";
+          if (Number(result.processes) > 1) {
+            note += ` (${result.processes} server processes, ${result.conns_per_process} each)`;
+          }
           if (Number(result.other_cpu_pct) > BUSY_WARNING) {
             note += ` (warning: other processes used ${result.other_cpu_pct}% CPU meanwhile)`;
           }
