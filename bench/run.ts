@@ -549,6 +549,10 @@ function crowd(conns: number, shards: number[] = [conns]): Scenario {
       digits: 1,
       lowerIsBetter: true,
     }, {
+      key: "other_cpu_pct",
+      unit: "CPU use of other processes meanwhile, % of one core",
+      digits: 0,
+    }, {
       key: "processes",
       unit: "server processes holding the connections (one load generator each)",
       digits: 0,
@@ -715,7 +719,8 @@ const MAX_CROWD_PROCESSES = 64;
  */
 export function crowdShards(conns: number, fileLimit: number): number[] {
   const capacity = Math.max(1, fileLimit - FILES_BESIDES_CONNECTIONS);
-  const count = Math.ceil(conns / capacity);
+  // An unknown limit (NaN): one process, which says what fails if it does.
+  const count = Number.isNaN(capacity) ? 1 : Math.max(1, Math.ceil(conns / capacity));
   const each = Math.floor(conns / count);
   return Array.from({ length: count }, (_, i) => each + (i < conns % count ? 1 : 0));
 }
@@ -858,6 +863,29 @@ function slabKiB(): number {
   } catch {
     return NaN;
   }
+}
+
+/**
+ * Starts measuring CPU use: the returned function gives, in % of one core over `wallSeconds`,
+ * what the servers (`pids`) used since, what the load generators used (`loadgenCpu` seconds, as
+ * they report it), what everything else on the machine used meanwhile, and the time stolen by
+ * the hypervisor.
+ */
+function cpuMeter(pids: number[]): (loadgenCpu: number, wallSeconds: number) => Result {
+  const serverBefore = pids.map(cpuSeconds);
+  const machineBefore = machineCpu();
+  return (loadgenCpu, wallSeconds) => {
+    const serverCpu = pids.reduce((sum, pid, i) => sum + cpuSeconds(pid) - serverBefore[i], 0);
+    const machineAfter = machineCpu();
+    const otherCpu = machineAfter.busy - machineBefore.busy - serverCpu - loadgenCpu;
+    const percent = (seconds: number) => Math.round((1000 * seconds) / wallSeconds) / 10;
+    return {
+      server_cpu_pct: percent(serverCpu),
+      loadgen_cpu_pct: percent(loadgenCpu),
+      other_cpu_pct: Math.max(0, percent(otherCpu)),
+      steal_pct: percent(machineAfter.steal - machineBefore.steal),
+    };
+  };
 }
 
 /** Resident memory of a process in KiB, from /proc/PID/status. */
@@ -1005,6 +1033,7 @@ async function measureCrowd(scenario: Scenario, pid: number, common: string[]): 
   let after = NaN;
   let slabAfter = NaN;
   const conns = scenario.conns ?? 1;
+  const cpu = cpuMeter([pid]);
   // The hold gives the server time to settle before RSS is read, then the broadcasts start.
   const run = await loadgen(
     [...scenario.args, "--hold", "2", ...common],
@@ -1017,6 +1046,7 @@ async function measureCrowd(scenario: Scenario, pid: number, common: string[]): 
   );
   return {
     ...run.result,
+    ...cpu(Number(run.result.cpu_s), run.wall),
     processes: 1,
     rss_before_kib: before,
     rss_after_kib: after,
@@ -1166,6 +1196,8 @@ async function measureCrowdSharded(
     let after: number[] = [];
     let slabAfter = NaN;
     let offset = 0;
+    const started = performance.now();
+    const cpu = cpuMeter(servers.map(({ child }) => child.pid));
     for (const [i, size] of shards.entries()) {
       // CONNECTING in all, as with one process: the servers share one core.
       const connecting = Math.ceil(CONNECTING / shards.length);
@@ -1190,14 +1222,16 @@ async function measureCrowdSharded(
       (timeout + 10) * 1000,
       "the load generators hung",
     );
+    const sum = (values: number[]) => values.reduce((total, n) => total + n, 0);
+    const numbers = (key: string) => results.map((result) => Number(result[key]));
+    const cpuUse = cpu(sum(numbers("cpu_s")), (performance.now() - started) / 1000);
     const { handshakesPerSecond, fanoutMs } = combineShards(
       conns,
       results as unknown as ShardTimes[],
     );
     const growth = servers.map((_, i) => after[i] - before[i]);
-    const sum = (values: number[]) => values.reduce((total, n) => total + n, 0);
-    const numbers = (key: string) => results.map((result) => Number(result[key]));
     return {
+      ...cpuUse,
       scenario: "crowd",
       path: String(results[0].path),
       conns,
@@ -1210,7 +1244,7 @@ async function measureCrowdSharded(
       p99_us: Math.max(...numbers("p99_us")),
       fanout_ms: fanoutMs.map((ms) => ms.toFixed(3)).join(","),
       fanout_median_ms: median(fanoutMs) ?? NaN,
-      loadgen_cpu_s: sum(numbers("cpu_s")),
+      cpu_s: sum(numbers("cpu_s")),
       rss_before_kib: sum(before),
       rss_after_kib: sum(after),
       rss_growth_kib: growth.join(","),
@@ -1235,25 +1269,12 @@ async function measureLoad(
   options: Options,
 ): Promise<Result> {
   const timing = ["--seconds", `${options.seconds}`, "--warmup", `${options.warmup}`];
-  const serverBefore = cpuSeconds(pid);
-  const machineBefore = machineCpu();
+  const cpu = cpuMeter([pid]);
   const run = await loadgen(
     [...scenario.args, ...timing, ...common],
     options.seconds + options.warmup + 60,
   );
-  const serverCpu = cpuSeconds(pid) - serverBefore;
-  const machineAfter = machineCpu();
-  const loadgenCpu = Number(run.result.cpu_s);
-  // CPU time used by anything other than this server and the load generator meanwhile.
-  const otherCpu = machineAfter.busy - machineBefore.busy - serverCpu - loadgenCpu;
-  const percent = (seconds: number) => Math.round((1000 * seconds) / run.wall) / 10;
-  return {
-    ...run.result,
-    server_cpu_pct: percent(serverCpu),
-    loadgen_cpu_pct: percent(loadgenCpu),
-    other_cpu_pct: Math.max(0, percent(otherCpu)),
-    steal_pct: percent(machineAfter.steal - machineBefore.steal),
-  };
+  return { ...run.result, ...cpu(Number(run.result.cpu_s), run.wall) };
 }
 
 async function measure(scenario: Scenario, server: Server, options: Options): Promise<Result> {

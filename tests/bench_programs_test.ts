@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { writeHeapSnapshot } from "node:v8";
 import { aggregate, perConnection } from "../bench/heap.ts";
-import { ensureLoadgen } from "../bench/run.ts";
+import { combineShards, crowdShards, crowdUnavailable, ensureLoadgen } from "../bench/run.ts";
 import { connect } from "../client.ts";
 import {
   commandSucceeds,
@@ -147,6 +147,97 @@ Deno.test({
     );
     assert.ok(result.handshakes_per_s > 0 && result.fanout_median_ms > 0, JSON.stringify(result));
   },
+});
+
+Deno.test({
+  name: "bench: the load generator's gated crowd waits for a go line before each step",
+  ignore: !(await commandSucceeds("gcc", ["--version"])),
+  async fn() {
+    await ensureLoadgen();
+    await using server = await startServer("servers/ours.ts");
+    const child = new Deno.Command(`${BENCH}loadgen`, {
+      args: [
+        ...["crowd", "--port", `${server.port}`, "--conns", "20", "--sources", "2"],
+        ...["--source-offset", "3", "--fanout", "2", "--go-stdin", "--timeout", "30"],
+      ],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const stdin = child.stdin.getWriter();
+    const lines: string[] = [];
+    // Answers each wait with one go line, so the steps run one at a time, in order.
+    for await (
+      const line of child.stderr.pipeThrough(new TextDecoderStream()).pipeThrough(
+        new TransformStream<string, string>({
+          transform(chunk, controller) {
+            for (const line of chunk.split("\n")) if (line) controller.enqueue(line);
+          },
+        }),
+      )
+    ) {
+      lines.push(line.replace(/\d+ handshakes\/s/, "N handshakes/s"));
+      if (line.startsWith("loadgen: crowd: waiting for go")) {
+        await stdin.write(new TextEncoder().encode("go\n"));
+      }
+    }
+    await stdin.close();
+    const { success } = await child.status;
+    const result = JSON.parse(
+      new TextDecoder().decode(await new Response(child.stdout).arrayBuffer()),
+    );
+    assert.ok(success, lines.join("\n"));
+    assert.deepEqual(lines, [
+      "loadgen: crowd: waiting for go (connect)",
+      "loadgen: crowd: ready (20 connections open, N handshakes/s)",
+      "loadgen: crowd: waiting for go (sync)",
+      "loadgen: crowd: waiting for go (broadcast)",
+      "loadgen: crowd: waiting for go (broadcast)",
+    ]);
+    assert.deepEqual(
+      [result.source_offset, result.round_sent_ns.length, result.round_last_ns.length],
+      [3, 2, 2],
+    );
+    // Each step's times follow the one before it.
+    const times = [result.connect_start_ns, result.connected_ns];
+    for (let round = 0; round < 2; round++) {
+      times.push(result.round_sent_ns[round], result.round_last_ns[round]);
+    }
+    assert.deepEqual(times, [...times].sort((a, b) => a - b), JSON.stringify(result));
+  },
+});
+
+Deno.test("bench: the crowd is split over as few server processes as the file limit allows", () => {
+  assert.deepEqual(crowdShards(100_000, 1_048_576), [100_000]);
+  assert.deepEqual(crowdShards(100_000, Infinity), [100_000]);
+  assert.deepEqual(crowdShards(100_000, NaN), [100_000]);
+  assert.deepEqual(crowdShards(100_000, 20_000), [16_667, 16_667, 16_667, 16_667, 16_666, 16_666]);
+  assert.deepEqual(crowdShards(19_936, 20_000), [19_936]);
+  assert.deepEqual(crowdShards(19_937, 20_000), [9_969, 9_968]);
+});
+
+Deno.test("bench: a crowd needing too many server processes is skipped with what the machine needs", () => {
+  assert.equal(crowdUnavailable(crowdShards(1_000_000, 20_000), 20_000), undefined);
+  assert.match(
+    crowdUnavailable(crowdShards(1_000_000, 1_024), 1_024) ?? "",
+    /^processes started here may open 1024 files, so 1000000 connections would take 1042 server processes, more than the 64 .*open-files limit of at least 1000064/,
+  );
+});
+
+Deno.test("bench: shard timings combine from the first start to the last finish of all", () => {
+  const shard = (start: number, connected: number, sent: number[], last: number[]) => ({
+    connect_start_ns: start,
+    connected_ns: connected,
+    round_sent_ns: sent,
+    round_last_ns: last,
+  });
+  assert.deepEqual(
+    combineShards(3000, [
+      shard(1e9, 1.5e9, [5e9, 7e9], [5.1e9, 7.05e9]),
+      shard(1.1e9, 2e9, [5.002e9, 7.001e9], [5.2e9, 7.03e9]),
+    ]),
+    { handshakesPerSecond: 3000, fanoutMs: [200, 50] },
+  );
 });
 
 Deno.test("bench: deflate_memory.ts negotiates each permessage-deflate setup it names", async () => {
