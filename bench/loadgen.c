@@ -777,6 +777,7 @@ static uint64_t *sent_at; /* send time of message k at [k % window] */
 static uint32_t *receipts;  /* how many clients have message k, at [k % window] */
 static int synced;
 static uint64_t last_sync_rx_ns, last_sync_ns, t_stop, drain_ns;
+static int sync_sent;
 
 /* idle */
 static int echoed;
@@ -1035,8 +1036,10 @@ static void broadcast_tick(uint64_t now) {
   conn_t *sender = &conns[0];
   if (phase == PH_SYNC) {
     /* Until every client has a sync message, the server may not have registered them all.
-     * Another one goes out only once the server has stopped delivering the previous one. */
-    if (synced == conn_count) {
+     * Another one goes out only once the server has stopped delivering the previous one.
+     * Gated crowds also wait until no sync message has arrived for the quiet time, so that no
+     * copy of an extra one is still queued in the server when the first broadcast is timed. */
+    if (synced == conn_count && (!cfg.go_stdin || now - last_sync_rx_ns >= sync_quiet_ns())) {
       phase = PH_RUN;
       if (cfg.scenario == SC_CROWD) {
         if (cfg.go_stdin)
@@ -1049,6 +1052,7 @@ static void broadcast_tick(uint64_t now) {
     } else if (now - last_sync_ns >= 20 * 1000000ull &&
                now - last_sync_rx_ns >= sync_quiet_ns()) {
       last_sync_ns = now;
+      sync_sent++;
       out_append(sender, sync_frame, sync_frame_len);
       flush(sender);
     }
@@ -1200,8 +1204,9 @@ static void finish(void) {
     if (cfg.scenario == SC_CROWD && cfg.go_stdin) {
       /* CLOCK_MONOTONIC, the same clock in every process: a runner that drives several load
        * generators at once combines these across them. */
-      printf(",\"source_offset\":%d,\"connect_start_ns\":%llu,\"connected_ns\":%llu",
-             cfg.source_offset, (unsigned long long)t_run_start,
+      printf(",\"source_offset\":%d,\"sync_messages\":%d,\"connect_start_ns\":%llu,"
+             "\"connected_ns\":%llu",
+             cfg.source_offset, sync_sent, (unsigned long long)t_run_start,
              (unsigned long long)t_connected);
       printf(",\"round_sent_ns\":[");
       for (int i = 0; i < rounds_done; i++)

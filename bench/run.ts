@@ -1195,6 +1195,7 @@ async function measureCrowdSharded(
     const slabBefore = slabKiB();
     let after: number[] = [];
     let slabAfter = NaN;
+    let loadgenRss = NaN;
     let offset = 0;
     const started = performance.now();
     const cpu = cpuMeter(servers.map(({ child }) => child.pid));
@@ -1214,6 +1215,7 @@ async function measureCrowdSharded(
             await sleep(1000);
             after = servers.map(({ child }) => rssKiB(child.pid));
             slabAfter = slabKiB();
+            loadgenRss = generators.reduce((sum, { child }) => sum + rssKiB(child.pid), 0);
           }
           await Promise.all(generators.map((generator) => generator.go()));
         }
@@ -1244,12 +1246,16 @@ async function measureCrowdSharded(
       p99_us: Math.max(...numbers("p99_us")),
       fanout_ms: fanoutMs.map((ms) => ms.toFixed(3)).join(","),
       fanout_median_ms: median(fanoutMs) ?? NaN,
+      // sync messages each load generator sent before the broadcasts (1 when none was lost)
+      sync_messages: numbers("sync_messages").join(","),
       cpu_s: sum(numbers("cpu_s")),
       rss_before_kib: sum(before),
       rss_after_kib: sum(after),
       rss_growth_kib: growth.join(","),
       kib_per_conn: sum(growth) / conns,
       kernel_kib_per_conn: (slabAfter - slabBefore) / conns,
+      // The load generators' own memory, all of it, per client.
+      loadgen_kib_per_conn: loadgenRss / conns,
     };
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
