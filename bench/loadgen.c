@@ -777,7 +777,8 @@ static uint64_t *sent_at; /* send time of message k at [k % window] */
 static uint32_t *receipts;  /* how many clients have message k, at [k % window] */
 static int synced;
 static uint64_t last_sync_rx_ns, last_sync_ns, t_stop, drain_ns;
-static int sync_sent;
+static int sync_sent, late_syncs; /* sync messages sent; copies received once measuring began */
+static uint64_t sync_copies;      /* sync messages received by all clients together */
 
 /* idle */
 static int echoed;
@@ -1000,6 +1001,8 @@ static void on_message(conn_t *c, uint64_t len, int compressed) {
 
 static void on_sync_message(conn_t *c) {
   last_sync_rx_ns = cur_ns;
+  sync_copies++;
+  if (phase == PH_RUN) late_syncs++;
   if (!c->synced) {
     c->synced = 1;
     synced++;
@@ -1037,9 +1040,13 @@ static void broadcast_tick(uint64_t now) {
   if (phase == PH_SYNC) {
     /* Until every client has a sync message, the server may not have registered them all.
      * Another one goes out only once the server has stopped delivering the previous one.
-     * Gated crowds also wait until no sync message has arrived for the quiet time, so that no
-     * copy of an extra one is still queued in the server when the first broadcast is timed. */
-    if (synced == conn_count && (!cfg.go_stdin || now - last_sync_rx_ns >= sync_quiet_ns())) {
+     * Gated crowds also wait until every client has every sync message sent (or, should one
+     * have gone out before a client was registered, until none has arrived for 10 s), so that
+     * no copy of an extra one is still queued in the server when the first broadcast is timed:
+     * a server may pause for more than the quiet time with copies still queued. */
+    int drained = !cfg.go_stdin || sync_copies == (uint64_t)sync_sent * (uint64_t)conn_count ||
+                  now - last_sync_rx_ns >= 10 * 1000000000ull;
+    if (synced == conn_count && drained) {
       phase = PH_RUN;
       if (cfg.scenario == SC_CROWD) {
         if (cfg.go_stdin)
@@ -1050,7 +1057,10 @@ static void broadcast_tick(uint64_t now) {
       }
       begin_window(now);
     } else if (now - last_sync_ns >= 20 * 1000000ull &&
-               now - last_sync_rx_ns >= sync_quiet_ns()) {
+               now - last_sync_rx_ns >= sync_quiet_ns() &&
+               (!cfg.go_stdin || sync_sent == 0 || last_sync_rx_ns > last_sync_ns)) {
+      /* (Gated crowds send another only once some client has the last one: a server that takes
+       * longer than the quiet time to start delivering is busy, not missing clients.) */
       last_sync_ns = now;
       sync_sent++;
       out_append(sender, sync_frame, sync_frame_len);
@@ -1204,9 +1214,9 @@ static void finish(void) {
     if (cfg.scenario == SC_CROWD && cfg.go_stdin) {
       /* CLOCK_MONOTONIC, the same clock in every process: a runner that drives several load
        * generators at once combines these across them. */
-      printf(",\"source_offset\":%d,\"sync_messages\":%d,\"connect_start_ns\":%llu,"
-             "\"connected_ns\":%llu",
-             cfg.source_offset, sync_sent, (unsigned long long)t_run_start,
+      printf(",\"source_offset\":%d,\"sync_messages\":%d,\"late_sync_copies\":%d,"
+             "\"connect_start_ns\":%llu,\"connected_ns\":%llu",
+             cfg.source_offset, sync_sent, late_syncs, (unsigned long long)t_run_start,
              (unsigned long long)t_connected);
       printf(",\"round_sent_ns\":[");
       for (int i = 0; i < rounds_done; i++)

@@ -1248,6 +1248,8 @@ async function measureCrowdSharded(
       fanout_median_ms: median(fanoutMs) ?? NaN,
       // sync messages each load generator sent before the broadcasts (1 when none was lost)
       sync_messages: numbers("sync_messages").join(","),
+      // copies of them that arrived once the broadcasts had begun (0 when all had drained)
+      late_sync_copies: numbers("late_sync_copies").join(","),
       cpu_s: sum(numbers("cpu_s")),
       rss_before_kib: sum(before),
       rss_after_kib: sum(after),
