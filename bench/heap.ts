@@ -3,12 +3,12 @@
  * and after N idle connections (`bench/loadgen idle`), aggregated by object type and divided by
  * N, beside the growth of the server's resident memory.
  *
- *   deno run -A bench/heap.ts [--servers ours,ours_node] [--conns 10000] [--top 30]
+ *   deno run -A bench/heap.ts [--servers ours,ours_deno] [--conns 10000] [--top 30]
  *
- * For each server (`ours`: `Deno.listen`; `ours_node`: `tcp: "node:net"`) it starts
- * `bench/servers/ours.ts --heap-snapshots DIR`, opens and closes 10 connections (one-time costs),
- * takes snapshot A (SIGUSR2; V8 collects garbage first), opens N connections that exchange one
- * 32 B message each and stay open, samples VmRSS, takes snapshot B, and prints bytes per
+ * For each server (`ours`: the default, `tcp: "node:net"`; `ours_deno`: `tcp: "Deno.listen"`) it
+ * starts `bench/servers/ours.ts --heap-snapshots DIR`, opens and closes 10 connections (one-time
+ * costs), takes snapshot A (SIGUSR2; V8 collects garbage first), opens N connections that exchange
+ * one 32 B message each and stay open, samples VmRSS, takes snapshot B, and prints bytes per
  * connection of B − A by object type: JS objects by constructor, closures by function name,
  * internal arrays, strings, contexts, and ArrayBuffer backing stores (`external`, grouped by
  * size). Snapshots are deleted afterwards.
@@ -160,7 +160,7 @@ async function main(): Promise<void> {
   const { values } = parseArgs({
     args: Deno.args,
     options: {
-      servers: { type: "string", default: "ours,ours_node" },
+      servers: { type: "string", default: "ours,ours_deno" },
       conns: { type: "string", default: "10000" },
       top: { type: "string", default: "30" },
     },
@@ -172,8 +172,8 @@ async function main(): Promise<void> {
   try {
     for (const name of values.servers.split(",")) {
       const server = SERVERS.find((s) => s.name === name);
-      if (server === undefined || !["ours", "ours_node"].includes(name)) {
-        throw new Error(`--servers takes ours and ours_node, got ${name}`);
+      if (server === undefined || !["ours", "ours_deno"].includes(name)) {
+        throw new Error(`--servers takes ours and ours_deno, got ${name}`);
       }
       const port = freePort();
       let wrote: (path: string) => void = () => {};

@@ -227,6 +227,7 @@ export const SERVERS: Server[] = [
     unavailable: () => Promise.resolve(undefined),
   },
   {
+    // serve() as it comes: plain TCP goes through node:net, the default backend.
     name: "ours",
     title: "@denows/websockets",
     command: (port, deflate) => [
@@ -242,15 +243,15 @@ export const SERVERS: Server[] = [
       ),
   },
   {
-    name: "ours_node",
-    title: "@denows/websockets (node:net)",
+    name: "ours_deno",
+    title: "@denows/websockets (Deno.listen)",
     fullOnly: true,
     command: (port, deflate) => [
       Deno.execPath(),
       "run",
       "-A",
       `${BENCH_DIR}/servers/ours.ts`,
-      ...["--port", `${port}`, "--tcp", "node:net", ...deflateFlag(deflate)],
+      ...["--port", `${port}`, "--tcp", "Deno.listen", ...deflateFlag(deflate)],
     ],
     unavailable: () =>
       Promise.resolve(
@@ -362,14 +363,12 @@ const CLIENTS: Client[] = [
   },
 ];
 
-/** The server every client scenario runs against: Bun's, else ours through node:net. */
+/** The server every client scenario runs against: Bun's, else ours. */
 let fixedServer: Promise<Server> | undefined;
 function clientScenarioServer(): Promise<Server> {
   fixedServer ??= (async () => {
     const bun = SERVERS.find((s) => s.name === "bun")!;
-    return (await bun.unavailable()) === undefined
-      ? bun
-      : SERVERS.find((s) => s.name === "ours_node")!;
+    return (await bun.unavailable()) === undefined ? bun : SERVERS.find((s) => s.name === "ours")!;
   })();
   return fixedServer;
 }
@@ -1511,12 +1510,18 @@ function select(options: Options): Scenario[] {
 
 /**
  * This library's servers from another checkout (`--baseline DIR`, e.g. a worktree of the commit
- * before a change), to run interleaved with this checkout's: `ours_base` and `ours_node_base`.
+ * before a change), to run interleaved with this checkout's: `ours_base` (node:net) and
+ * `ours_deno_base` (Deno.listen). The backend is named on the command line, so that a checkout
+ * whose default differs runs the same backend.
  */
 function baselineServers(dir: string): Server[] {
   const file = `${dir.replace(/\/$/, "")}/bench/servers/ours.ts`;
   const missing = () => Promise.resolve(exists(file) ? undefined : `${file} does not exist`);
-  return [["ours_base", [], ""], ["ours_node_base", ["--tcp", "node:net"], " (node:net)"]].map((
+  return [["ours_base", ["--tcp", "node:net"], ""], [
+    "ours_deno_base",
+    ["--tcp", "Deno.listen"],
+    " (Deno.listen)",
+  ]].map((
     [name, tcp, suffix],
   ) => ({
     name: name as string,

@@ -1,7 +1,7 @@
 /**
  * Benchmark server: this library (`serve()` + `broadcast()`).
  *
- *   deno run -A bench/servers/ours.ts --port 9001 [--deflate] [--tcp node:net]
+ *   deno run -A bench/servers/ours.ts --port 9001 [--deflate] [--tcp node:net|Deno.listen]
  *                                     [--heap-snapshots DIR]
  *
  * `/echo` sends every message back as received; `/broadcast` sends every message any client
@@ -25,10 +25,10 @@ if (!Number.isInteger(port) || port < 1 || port > 65535) {
   );
 }
 const deflate = Deno.args.includes("--deflate");
-// `--tcp node:net` serves through node:net rather than Deno.listen (the default).
+// `--tcp` picks the TCP backend; without it, serve()'s default (node:net for plain TCP).
 const tcpAt = Deno.args.indexOf("--tcp");
-const tcp = tcpAt >= 0 ? Deno.args[tcpAt + 1] : "Deno.listen";
-if (tcp !== "node:net" && tcp !== "Deno.listen") {
+const tcp = tcpAt >= 0 ? Deno.args[tcpAt + 1] : undefined;
+if (tcp !== undefined && tcp !== "node:net" && tcp !== "Deno.listen") {
   throw new RangeError(`--tcp must be node:net or Deno.listen, got ${tcp}`);
 }
 
