@@ -135,7 +135,11 @@ export class StreamConnection extends Connection {
   #handshakeResolve: (() => void) | undefined;
   #handshakeReject: ((error: unknown) => void) | undefined;
 
-  /** Wraps `protocol` around `transport`; call `start()` to begin reading. */
+  /**
+   * Wraps `protocol` around `transport`; call `start()` to begin reading.
+   * `options` is kept rather than copied (a server's connections share one):
+   * its hooks are read when they run, and its limits are those it holds now.
+   */
   constructor(protocol: Protocol, transport: Transport, options: StreamConnectionOptions = {}) {
     super(options, protocol.maxSize);
     this.protocol = protocol;
