@@ -66,11 +66,11 @@ interface PartStream {
   waiter: RecvWaiter | undefined;
 }
 
-// A recv() waiting for a message, or an iteration (`iterating`): resolved with an
-// IteratorResult, and ended without an error on a normal closure.
 // Stands for a waiter's resolve and reject while it doesn't wait.
 function ignore(_value: unknown): void {}
 
+// A recv() waiting for a message, or an iteration (`iterating`): resolved with an
+// IteratorResult, and ended without an error on a normal closure.
 interface RecvWaiter {
   readonly iterating: boolean;
   resolve(value: Message | IteratorResult<Message>): void;

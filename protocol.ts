@@ -1338,7 +1338,6 @@ export interface ClientProtocolOptions extends ProtocolOptions {
  * ```
  */
 export class ClientProtocol extends Protocol {
-  /** Always `true`. */
   /** `true`: outgoing frames are masked, incoming ones must not be. */
   get isClient(): boolean {
     return true;
@@ -1634,7 +1633,6 @@ export interface ServerProtocolOptions extends ProtocolOptions {
  * ```
  */
 export class ServerProtocol extends Protocol {
-  /** Always `false`. */
   /** `false`: outgoing frames are not masked, incoming ones must be. */
   get isClient(): boolean {
     return false;

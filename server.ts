@@ -149,11 +149,12 @@ export interface ServeOptions extends ConnectionOptions {
   /**
    * The runtime API that serves plain TCP: `"node:net"` or `"Deno.listen"`.
    * Both run the same protocol code. `"node:net"` (the TCP handles under
-   * `node:net`, used directly) is the default because it measured at least
-   * as fast on every benchmark row and holds less memory per connection: its
-   * writes complete synchronously and its event loop visits only ready
-   * sockets, so `broadcast()` to 10 000 clients runs about 2.4 times as fast
-   * (figures in the performance guide, `docs/performance.md`). It applies to
+   * `node:net`, used directly) is the default because it measured faster on
+   * every benchmark row but one (64 KiB echoes, within noise) and holds less
+   * memory per connection: its writes complete synchronously and its event
+   * loop visits only ready sockets, so `broadcast()` to 10 000 clients runs
+   * about 2.4 times as fast (figures in the performance guide,
+   * `docs/performance.md`). It applies to
    * an IP address `hostname` where the runtime provides what it needs,
    * otherwise `Deno.listen` is used; TLS and Unix sockets always use
    * `Deno.listenTls` / `Deno.listen`.
