@@ -570,10 +570,7 @@ export class StreamConnection extends Connection {
     // client's close frame came (a client sends nothing after it, RFC 6455 §5.5.1): close
     // at once, rather than half-close and wait for the client's end of stream, when the
     // transport delivers what was written before the close.
-    if (
-      protocol.eofReceived ||
-      (this.#options.closeAtOnce === true && !protocol.isClient && protocol.closeRcvd !== undefined)
-    ) {
+    if (protocol.eofReceived || this.#doneReading) {
       this.#abort();
       return;
     }
@@ -668,6 +665,21 @@ export class StreamConnection extends Connection {
     return chunk;
   }
 
+  // Whether so much output waits that reading pauses: READ_PAUSE_OUTPUT or 16 × writeLimit,
+  // whichever is more (the common case, little output, is decided by the first comparison).
+  get #outputTooLarge(): boolean {
+    const buffered = this.bufferedAmount;
+    return buffered > READ_PAUSE_OUTPUT && buffered > 16 * this.writeLimit;
+  }
+
+  // Whether this is a server that closes its transport at once (closeAtOnce) and the client's
+  // close frame came: nothing more is to be read.
+  get #doneReading(): boolean {
+    const protocol = this.protocol;
+    return this.#options.closeAtOnce === true && !protocol.isClient &&
+      protocol.closeRcvd !== undefined;
+  }
+
   // Runs a connection's read loop again once its transport's takeChunk() has something: one
   // function for every connection, called on the connection (see #run()).
   static #wake(this: StreamConnection): void {
@@ -692,9 +704,8 @@ export class StreamConnection extends Connection {
         while (!woken && protocol.state === State.OPEN && !this.#transportClosed) {
           if (protocol.failurePending) await this.#failureSent();
           else if (this.queueFull) await this.waitForQueueSpace();
-          else if (this.bufferedAmount > Math.max(READ_PAUSE_OUTPUT, 16 * this.writeLimit)) {
-            await this.#outputDrained();
-          } else break;
+          else if (this.#outputTooLarge) await this.#outputDrained();
+          else break;
         }
         woken = false;
         if (this.#transportClosed) break;
@@ -756,10 +767,7 @@ export class StreamConnection extends Connection {
         // Nothing follows a client's close frame (RFC 6455 §5.5.1): a server that closes the
         // transport once its own close frame is written reads no more. (A read left pending
         // would only fail when the transport closes, and building that error costs.)
-        if (
-          this.#options.closeAtOnce === true && !protocol.isClient &&
-          protocol.closeRcvd !== undefined
-        ) break;
+        if (this.#doneReading) break;
       }
     } catch (runError) {
       error = runError instanceof Error ? runError : new Error(String(runError));
